@@ -1,0 +1,4 @@
+from sip4ai.cli import main
+
+
+raise SystemExit(main())
