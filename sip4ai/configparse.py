@@ -250,7 +250,7 @@ def _webhooks(s: Section) -> WebhookConfig:
 
 def _functions(root: Section) -> tuple[FunctionConfig, ...]:
     items = root.list_("functions")
-    result = [parse_function(root.item(index, raw)) for index, raw in enumerate(items)]
+    result = [parse_function(root.item("functions", index, raw)) for index, raw in enumerate(items)]
     names = [f.name for f in result]
     for index, name in enumerate(names):
         if names.index(name) != index:

@@ -222,9 +222,9 @@ class Section:
             raise self.error(key, source, f"expected an object, got {type(value).__name__}")
         return dict(value)
 
-    def item(self, index: int, value: Any) -> Section:
-        """A Section for element ``index`` of an array field read with ``list_``."""
-        path = f"{self._path}[{index}]"
+    def item(self, key: str, index: int, value: Any) -> Section:
+        """A Section for element ``index`` of the array field ``key`` read with ``list_``."""
+        path = f"{self.field(key)}[{index}]"
         if not isinstance(value, Mapping):
             raise ConfigError(path, self._file_source, "expected an object")
         return Section(value, path, self._file_source, self._environ)

@@ -48,11 +48,6 @@ class RegistrationState(enum.StrEnum):
     FAILED = "failed"
 
 
-class Direction(enum.StrEnum):
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
-
-
 @dataclass(frozen=True, slots=True)
 class RegistrationChanged:
     state: RegistrationState

@@ -1,0 +1,66 @@
+# sip4ai developer entry points. `make test` works on a fresh Debian/Ubuntu machine (as root,
+# or with sudo available): it installs the system packages and the Python environment it needs.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := kamailio sip-tester tcpdump
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps sysdeps venv lint typecheck test test-unit test-component test-e2e demo bench binary clean
+
+all: test
+
+sysdeps:
+	@missing=""; \
+	command -v kamailio >/dev/null || missing="$$missing kamailio"; \
+	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
+	command -v tcpdump >/dev/null || missing="$$missing tcpdump"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+deps: sysdeps venv
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# The one test command (README and CI): lint, type check, then every test ring.
+test: deps lint typecheck
+	$(VENV)/bin/pytest
+
+test-unit: venv
+	$(VENV)/bin/pytest -m unit
+test-component: venv
+	$(VENV)/bin/pytest -m component
+test-e2e: deps
+	$(VENV)/bin/pytest -m e2e
+
+demo: deps
+	$(PY) -m testbed.demo
+
+bench: deps
+	$(PY) -m bench.audio_hotpath
+
+binary: venv
+	$(PY) -m pip install -q pyinstaller
+	$(VENV)/bin/pyinstaller --noconfirm --clean packaging/pyinstaller.spec
+
+clean:
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,138 @@
+"""Composition root: builds every component from the Config, starts them in order, stops them
+in reverse, and tells systemd about it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from sip4ai import __version__
+from sip4ai.api import create_app
+from sip4ai.config import Config, SipConfig
+from sip4ai.manager import CallManager, ConversationFactory
+from sip4ai.metrics import Metrics
+from sip4ai.sip.interface import SipEngine
+from sip4ai.store import CallStore
+from sip4ai.systemd import Notifier
+
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[SipConfig], SipEngine]
+
+
+def default_engine_factory(config: SipConfig) -> SipEngine:
+    from sip4ai.sip import create_engine
+
+    return create_engine(config)
+
+
+class App:
+    """One running sip4ai. ``await app.start()``, then ``await app.stop()`` (idempotent)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine_factory: EngineFactory | None = default_engine_factory,
+        conversation_factory: ConversationFactory | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.engine: SipEngine | None = (
+            engine_factory(config.sip)
+            if engine_factory is not None and config.sip.enabled
+            else None
+        )
+        self.metrics = Metrics(engine=self.engine.name if self.engine else "none")
+        self.store = CallStore(config.data_dir / "sip4ai.sqlite3")
+        self.manager = CallManager(
+            store=self.store,
+            metrics=self.metrics,
+            engine=self.engine,
+            default_provider=config.provider,
+            max_calls=config.sip.max_calls,
+            conversation_factory=conversation_factory,
+            answer_timeout_s=config.sip.answer_timeout_s,
+        )
+        self.notifier = notifier or Notifier()
+        self.api_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = False
+
+    @property
+    def mode_description(self) -> str:
+        if self.engine is None:
+            return "API only (no SIP credentials)"
+        return f"{self.config.mode} via {self.engine.name}"
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.manager.start()
+        if self.engine is not None:
+            self._tasks.append(asyncio.create_task(self.manager.run(), name="sip-events"))
+            await self.engine.start()
+        if self.config.api_port:
+            await self._start_api()
+        self._tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
+        status = f"{self.mode_description}; api={self.config.api_host}:{self.api_port or 'off'}"
+        logger.info("= sip4ai %s started: %s", __version__, status)
+        self.notifier.ready(status)
+
+    async def _start_api(self) -> None:
+        app = create_app(
+            self.manager,
+            self.metrics,
+            token=self.config.api_token.reveal() if self.config.api_token else None,
+            info={
+                "mode": self.config.mode,
+                "sip_engine": self.engine.name if self.engine else "none",
+            },
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.api_port = sockets[0].getsockname()[1] if sockets else self.config.api_port
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        logger.info("x sip4ai stopping")
+        self.notifier.stopping()
+        await self.manager.shutdown()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+        logger.info("x sip4ai stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = App(config)
+    try:
+        await app.start()
+        await stop.wait()
+    finally:
+        await app.stop()

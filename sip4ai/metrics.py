@@ -1,0 +1,80 @@
+"""Every Prometheus metric sip4ai exports, defined in this one module.
+
+Each ``Metrics`` instance owns its own CollectorRegistry, so several apps (tests) never collide.
+Names follow Prometheus conventions: ``sip4ai_`` prefix, base units, ``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from sip4ai import __version__
+
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+CALL_DURATION_BUCKETS_S = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
+
+
+class Metrics:
+    def __init__(self, *, engine: str = "none") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.started_at = time.monotonic()
+        self.build_info = Info("sip4ai_build", "Build and runtime information.", registry=r)
+        self.build_info.info({"version": __version__, "sip_engine": engine})
+        self.uptime = Gauge("sip4ai_uptime_seconds", "Seconds since sip4ai started.", registry=r)
+        self.uptime.set_function(lambda: time.monotonic() - self.started_at)
+        self.sip_registered = Gauge(
+            "sip4ai_sip_registered",
+            "1 while registered with the SIP registrar, else 0.",
+            registry=r,
+        )
+        self.sip_registration_failures = Counter(
+            "sip4ai_sip_registration_failures_total",
+            "Registration attempts that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.active_calls = Gauge(
+            "sip4ai_active_calls", "Calls not yet completed or failed.", registry=r
+        )
+        self.calls = Counter(
+            "sip4ai_calls_total",
+            "Calls that ended, by direction, final status and end reason.",
+            ["direction", "status", "end_reason"],
+            registry=r,
+        )
+        self.call_duration = Histogram(
+            "sip4ai_call_duration_seconds",
+            "Talk time of ended calls.",
+            ["direction"],
+            buckets=CALL_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        for direction in ("inbound", "outbound"):
+            self.call_duration.labels(direction)
+        self.api_requests = Counter(
+            "sip4ai_api_requests_total",
+            "HTTP API requests by route, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.audio_frames_lost = Counter(
+            "sip4ai_audio_frames_lost_total",
+            "Caller audio frames lost between the wire and sip4ai.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
