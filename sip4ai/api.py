@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sip4ai import openapi
 from sip4ai.calls import CallRecord, CallStatus, format_uptime, iso
-from sip4ai.errors import CallNotFound, CallStateError, SipUnavailable
+from sip4ai.errors import AIUnavailable, CallNotFound, CallStateError, SipUnavailable
 from sip4ai.manager import CallManager
 from sip4ai.metrics import CONTENT_TYPE, Metrics
 
@@ -78,6 +78,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(409, str(exc), "CONFLICT")
     except SipUnavailable as exc:
         response = error_response(503, str(exc), "SIP_UNAVAILABLE")
+    except AIUnavailable as exc:
+        response = error_response(503, str(exc), "AI_UNAVAILABLE")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -8,13 +8,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from sip4ai import __version__
 from sip4ai.api import create_app
 from sip4ai.config import Config, SipConfig
+from sip4ai.conversation import make_conversation_factory
 from sip4ai.manager import CallManager, ConversationFactory
 from sip4ai.metrics import Metrics
 from sip4ai.sip.interface import SipEngine
@@ -41,7 +42,7 @@ class App:
         config: Config,
         *,
         engine_factory: EngineFactory | None = default_engine_factory,
-        conversation_factory: ConversationFactory | None = None,
+        conversation_factory: ConversationFactory | None | Literal["auto"] = "auto",
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
@@ -51,6 +52,8 @@ class App:
             else None
         )
         self.metrics = Metrics(engine=self.engine.name if self.engine else "none")
+        if conversation_factory == "auto":
+            conversation_factory = make_conversation_factory(config)
         self.store = CallStore(config.data_dir / "sip4ai.sqlite3")
         self.manager = CallManager(
             store=self.store,
@@ -60,6 +63,7 @@ class App:
             max_calls=config.sip.max_calls,
             conversation_factory=conversation_factory,
             answer_timeout_s=config.sip.answer_timeout_s,
+            ai_available=conversation_factory is not None,
         )
         self.notifier = notifier or Notifier()
         self.api_port: int | None = None

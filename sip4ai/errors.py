@@ -41,6 +41,10 @@ class SipUnavailable(CallError):
     """The SIP side is not configured or not running, so no call can be placed."""
 
 
+class AIUnavailable(CallError):
+    """No AI side can serve calls: the provider has no API key and no AUDIO_FILE is set."""
+
+
 class ProviderError(Sip4aiError):
     """A voice AI provider failed. ``retryable`` tells whether reconnecting may help."""
 

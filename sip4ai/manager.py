@@ -25,7 +25,7 @@ from sip4ai.calls import (
     transition,
     utc_now,
 )
-from sip4ai.errors import CallNotFound, CallStateError, SipUnavailable
+from sip4ai.errors import AIUnavailable, CallNotFound, CallStateError, SipUnavailable
 from sip4ai.metrics import Metrics
 from sip4ai.sip.interface import (
     DialRequest,
@@ -109,6 +109,7 @@ class CallManager:
         max_calls: int = 100,
         conversation_factory: ConversationFactory | None = None,
         answer_timeout_s: float = 5.0,
+        ai_available: bool = True,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
@@ -118,6 +119,8 @@ class CallManager:
         self.max_calls = max_calls
         self.conversation_factory = conversation_factory
         self.answer_timeout_s = answer_timeout_s
+        self.ai_available = ai_available
+        """False when no AI can serve calls: inbound ones are refused, outbound ones not placed."""
         self.now = now
         self.active: dict[str, ActiveCall] = {}
         self._by_leg: dict[str, ActiveCall] = {}
@@ -213,6 +216,8 @@ class CallManager:
     ) -> CallRecord:
         if self.engine is None:
             raise SipUnavailable("SIP is not configured: set SIP_USERNAME, SIP_PASSWORD, ...")
+        if not self.ai_available:
+            raise AIUnavailable("no AI provider key is configured and no AUDIO_FILE is set")
         if len(self.active) >= self.max_calls:
             raise CallStateError(f"the limit of {self.max_calls} simultaneous calls is reached")
         record = new_call(
@@ -328,6 +333,10 @@ class CallManager:
         if len(self.active) >= self.max_calls:
             logger.warning("! rejecting a call: %d calls active (max_calls)", len(self.active))
             await self.engine.reject(event.leg_id, 486, "Busy Here")
+            return
+        if not self.ai_available:
+            logger.warning("! rejecting a call: no AI provider key and no AUDIO_FILE")
+            await self.engine.reject(event.leg_id, 480, "Temporarily Unavailable")
             return
         record = new_call(
             direction=Direction.INBOUND,

@@ -26,6 +26,7 @@ ERROR_CODES = [
     "PAYLOAD_TOO_LARGE",
     "UNSUPPORTED_MEDIA_TYPE",
     "SIP_UNAVAILABLE",
+    "AI_UNAVAILABLE",
     "INTERNAL_ERROR",
 ]
 MAX_BODY_BYTES = 64 * 1024
@@ -134,7 +135,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "The call is not active",
         413: "Body too large",
         415: "Body is not JSON",
-        503: "SIP is not configured or not running",
+        503: "SIP or the AI provider is not configured",
     }
     return {str(code): _json("Error", text[code]) for code in codes}
 

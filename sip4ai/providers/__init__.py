@@ -1,0 +1,33 @@
+"""Provider registry: config name -> session constructor. No import-time side effects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from sip4ai.config import Config
+from sip4ai.providers.base import ProviderSession, SessionSettings
+from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
+
+
+SessionConstructor = Callable[[Config, SessionSettings], ProviderSession]
+
+
+def _openai(config: Config, settings: SessionSettings) -> ProviderSession:
+    return OpenAIRealtimeSession(config.openai, settings)
+
+
+REGISTRY: Mapping[str, SessionConstructor] = {
+    "openai": _openai,
+}
+
+
+def available(name: str) -> bool:
+    return name in REGISTRY
+
+
+def create_session(name: str, config: Config, settings: SessionSettings) -> ProviderSession:
+    try:
+        constructor = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"provider {name!r} is not available in this build") from None
+    return constructor(config, settings)

@@ -1,0 +1,98 @@
+"""AUDIO_FILE mode: play a WAV file to the caller instead of an AI (the docs' fallback)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from sip4ai.audio.formats import FRAME_MS, AudioFormat, Encoding
+from sip4ai.audio.transcode import Transcoder
+from sip4ai.errors import ConfigError
+from sip4ai.sip.interface import MediaStream
+
+
+logger = logging.getLogger(__name__)
+
+TICK_S = FRAME_MS / 1000
+SEND_AHEAD_MS = 40
+
+
+def read_wav(path: Path) -> tuple[bytes, int]:
+    """Mono PCM16 samples of a WAV file (8/16-bit, any rate, channels mixed down) and its rate."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except (OSError, EOFError, wave.Error) as exc:
+        raise ConfigError("audio_file", str(path), f"not a readable WAV file: {exc}") from None
+    if width == 2:
+        samples = np.frombuffer(raw, dtype="<i2").astype(np.int32)
+    elif width == 1:
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.int32) - 128) << 8
+    else:
+        raise ConfigError("audio_file", str(path), f"{width * 8}-bit WAV is not supported")
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int32)
+    if samples.size == 0:
+        raise ConfigError("audio_file", str(path), "the WAV file has no audio")
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), rate
+
+
+class AudioFileConversation:
+    """Plays the file from the start of the call; loops, or ends the call when it is done."""
+
+    def __init__(self, pcm: bytes, rate_hz: int, *, loop: bool) -> None:
+        self._pcm = pcm
+        self._rate_hz = rate_hz
+        self._loop = loop
+        self.injected: list[tuple[str, str]] = []
+
+    async def prepare(self) -> None:
+        return None
+
+    def _frames(self, media: MediaStream) -> list[bytes]:
+        source = AudioFormat(Encoding.PCM16, self._rate_hz)
+        target = AudioFormat(Encoding.PCM16, media.rate_hz)
+        audio = Transcoder(source, target).convert(self._pcm)
+        size = media.frame_bytes
+        audio += b"\0" * (-len(audio) % size)
+        return [audio[i : i + size] for i in range(0, len(audio), size)]
+
+    async def run(self, media: MediaStream) -> str | None:
+        frames = self._frames(media)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        index = 0
+        while True:
+            media.read()  # the caller's audio is not used; drain it so nothing piles up
+            while media.queued_ms() < SEND_AHEAD_MS:
+                if index == len(frames):
+                    if not self._loop:
+                        return await self._drain(media)
+                    index = 0
+                media.write(frames[index])
+                index += 1
+            deadline += TICK_S
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def _drain(self, media: MediaStream) -> str:
+        while media.queued_ms() > 0:
+            media.read()
+            await asyncio.sleep(TICK_S)
+        return "audio_file_finished"
+
+    def inject(self, message: str, role: str) -> None:
+        self.injected.append((role, message))
+
+    def dtmf(self, digit: str) -> None:
+        return None
+
+    async def goodbye(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

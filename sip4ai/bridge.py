@@ -1,0 +1,237 @@
+"""The per-call audio bridge: caller audio to the provider, provider audio paced to the caller.
+
+Two tasks per call. The *pacer* ticks every 20 ms on absolute deadlines: it reads the caller's
+frames from the SIP media stream and queues them for the provider (never awaiting the network),
+then tops up the SIP send queue from the playout buffer. The *listener* consumes provider events:
+audio into the playout buffer, barge-in, transcripts, tool calls, the end of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+from sip4ai.audio.chunker import FrameChunker
+from sip4ai.audio.formats import FRAME_MS, AudioFormat, Encoding
+from sip4ai.audio.playout import PlayoutBuffer
+from sip4ai.audio.transcode import Transcoder
+from sip4ai.manager import CallHandle
+from sip4ai.providers.base import (
+    AudioOut,
+    Closed,
+    ProviderSession,
+    Ready,
+    ReplyDone,
+    SpeechStarted,
+    ToolCall,
+    Transcript,
+)
+from sip4ai.sip.interface import MediaStream
+
+
+logger = logging.getLogger(__name__)
+
+TICK_S = FRAME_MS / 1000
+SEND_AHEAD_MS = 40
+"""Audio kept queued in the SIP library: enough to ride out a late tick, little enough that a
+barge-in flush drops almost nothing already on its way."""
+GOODBYE_TIMEOUT_S = 6.0
+GOODBYE_INSTRUCTIONS = "The call is ending now. Say a brief, polite goodbye in one short sentence."
+
+
+class AIConversation:
+    """A Conversation (see manager.py) backed by a ProviderSession.
+
+    The session starts in ``prepare()`` (before an inbound call is answered) or in ``run()``.
+    Provider audio that arrives before the call's media is up (the greeting) is kept and played
+    as soon as it is.
+    """
+
+    def __init__(
+        self,
+        handle: CallHandle,
+        session_factory: Callable[[], ProviderSession],
+        *,
+        on_tool_call: Callable[[ToolCall], None] | None = None,
+    ) -> None:
+        self._handle = handle
+        self._factory = session_factory
+        self._on_tool_call = on_tool_call
+        self._session: ProviderSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._reply_finished = asyncio.Event()
+        self._drained = asyncio.Event()
+        """Set by the pacer whenever everything buffered has been sent."""
+        self._early_audio: list[AudioOut] = []
+        self._media: MediaStream | None = None
+        self._playout: PlayoutBuffer | None = None
+        self._from_provider: Transcoder | None = None
+        self._chunker: FrameChunker | None = None
+        self._current_item: str | None = None
+        self._end_reason: str | None = None
+        self.barge_ins = 0
+
+    @property
+    def session(self) -> ProviderSession | None:
+        return self._session
+
+    def _start(self) -> ProviderSession:
+        if self._session is None:
+            self._session = self._factory()
+            name = f"call-{self._handle.record.id}"
+            self._tasks.append(asyncio.create_task(self._session.run(), name=f"{name}:provider"))
+            self._tasks.append(asyncio.create_task(self._listen(self._session), name=f"{name}:ai"))
+        return self._session
+
+    async def prepare(self) -> None:
+        self._start()
+        ready = asyncio.create_task(self._ready.wait())
+        closed = asyncio.create_task(self._closed.wait())
+        try:
+            await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closed.cancel()
+
+    async def run(self, media: MediaStream) -> str | None:
+        session = self._start()
+        media_format = AudioFormat(Encoding.PCM16, media.rate_hz)
+        caps = session.capabilities
+        self._media = media
+        self._playout = PlayoutBuffer(media_format)
+        self._from_provider = Transcoder(caps.output_format, media_format)
+        self._chunker = FrameChunker.for_format(media_format)
+        early, self._early_audio = self._early_audio, []
+        for event in early:
+            self._play(event)
+        to_provider = Transcoder(media_format, caps.input_format)
+        pacer = asyncio.create_task(self._pace(media, session, to_provider), name="pacer")
+        try:
+            await self._closed.wait()
+        finally:
+            pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pacer
+        return self._end_reason
+
+    async def _pace(
+        self, media: MediaStream, session: ProviderSession, to_provider: Transcoder
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        playout = self._playout
+        assert playout is not None
+        deadline = loop.time()
+        while True:
+            for frame in media.read():
+                if self._ready.is_set():
+                    session.send_audio(to_provider.convert(frame))
+            while len(playout) and media.queued_ms() < SEND_AHEAD_MS:
+                media.write(playout.pop())
+            if not len(playout) and media.queued_ms() == 0:
+                self._drained.set()
+            deadline += TICK_S
+            delay = deadline - loop.time()
+            if delay < -TICK_S:  # the loop stalled: re-anchor instead of bursting to catch up
+                deadline = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    def _play(self, event: AudioOut) -> None:
+        playout, chunker, transcoder = self._playout, self._chunker, self._from_provider
+        if playout is None or chunker is None or transcoder is None:
+            self._early_audio.append(event)
+            return
+        if event.item_id != self._current_item:
+            self._current_item = event.item_id
+            playout.mark_start_of_reply(event.item_id)
+        for frame in chunker.push(transcoder.convert(event.audio)):
+            playout.push(frame)
+
+    def _reply_done(self) -> None:
+        self._reply_finished.set()
+        self._current_item = None
+        if self._playout is not None and self._chunker is not None:
+            for frame in self._chunker.flush():
+                self._playout.push(frame)
+            self._playout.mark_end_of_reply()
+
+    async def _listen(self, session: ProviderSession) -> None:
+        async for event in session.events():
+            if isinstance(event, AudioOut):
+                self._reply_finished.clear()
+                self._play(event)
+            elif isinstance(event, SpeechStarted):
+                self._barge_in(session)
+            elif isinstance(event, ReplyDone):
+                self._reply_done()
+            elif isinstance(event, Transcript):
+                self._handle.add_transcript(event.speaker, event.text)
+            elif isinstance(event, ToolCall):
+                self._tool_call(session, event)
+            elif isinstance(event, Ready):
+                self._ready.set()
+            elif isinstance(event, Closed):
+                logger.info("= call %s: provider closed: %s", self._handle.record.id, event.reason)
+                self._end_reason = self._end_reason or "provider_closed"
+                break
+        self._reply_finished.set()
+        self._closed.set()
+
+    def _barge_in(self, session: ProviderSession) -> None:
+        self.barge_ins += 1
+        self._early_audio.clear()
+        playout, media = self._playout, self._media
+        if playout is None or media is None or self._chunker is None:
+            return
+        item = playout.playing_reply_id
+        played_ms = max(0, playout.reply_played_ms - media.queued_ms())
+        buffered = playout.clear()
+        media.flush()
+        self._chunker.clear()
+        if self._from_provider is not None:
+            self._from_provider.reset()
+        self._current_item = None
+        if item is not None and session.capabilities.truncation:
+            session.truncate(item, played_ms)
+        logger.debug("= barge-in: dropped %d ms, %d ms were heard", buffered, played_ms)
+
+    def _tool_call(self, session: ProviderSession, call: ToolCall) -> None:
+        if self._on_tool_call is not None:
+            self._on_tool_call(call)
+            return
+        session.tool_result(call.call_id, json.dumps({"error": f"unknown function {call.name}"}))
+
+    def inject(self, message: str, role: str) -> None:
+        if self._session is not None:
+            self._session.inject(message, role)
+
+    def dtmf(self, digit: str) -> None:
+        if self._session is not None:
+            self._session.inject(f"The caller pressed the key {digit}.", "system")
+
+    async def goodbye(self) -> None:
+        """Ask for a goodbye, then wait until it has been played out (bounded by the caller)."""
+        if self._session is None or not self._ready.is_set():
+            return
+        self._reply_finished.clear()
+        self._session.say(GOODBYE_INSTRUCTIONS)
+        await self._reply_finished.wait()
+        if self._playout is None:
+            return
+        self._drained.clear()
+        await self._drained.wait()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.aclose()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

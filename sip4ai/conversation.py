@@ -1,0 +1,83 @@
+"""Chooses and builds the AI side of each call: a provider session, or the AUDIO_FILE player."""
+
+from __future__ import annotations
+
+import logging
+
+from sip4ai.audiofile import AudioFileConversation, read_wav
+from sip4ai.bridge import AIConversation
+from sip4ai.calls import CallRecord, Direction
+from sip4ai.config import Config
+from sip4ai.manager import CallHandle, Conversation, ConversationFactory
+from sip4ai.providers import available, create_session
+from sip4ai.providers.base import ProviderSession, SessionSettings
+
+
+logger = logging.getLogger(__name__)
+
+INBOUND_GREETING = "Greet the caller briefly and ask how you can help."
+
+
+def provider_greeting(config: Config, provider: str) -> str | None:
+    section = getattr(config, provider)
+    greeting = getattr(section, "greeting", None) or getattr(section, "first_message", None)
+    return greeting if isinstance(greeting, str) else None
+
+
+def provider_instructions(config: Config, provider: str) -> str:
+    section = getattr(config, provider)
+    for name in ("instructions", "system_prompt"):
+        value = getattr(section, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return config.openai.instructions
+
+
+def settings_for(config: Config, record: CallRecord) -> SessionSettings:
+    """The provider settings for one call: config, plus the API request's task and instructions."""
+    parts = [provider_instructions(config, record.provider)]
+    task = record.task
+    if task is None and record.direction is Direction.OUTBOUND:
+        task = config.outbound.task_description
+    if task:
+        parts.append(f"You placed this call. Your task: {task}")
+    if record.instructions:
+        parts.append(record.instructions)
+    greeting = provider_greeting(config, record.provider)
+    if greeting:
+        opener = f"Start the conversation by saying: {greeting}"
+    elif record.direction is Direction.INBOUND:
+        opener = INBOUND_GREETING
+    else:
+        opener = "The callee answered. Introduce yourself briefly and start on your task."
+    return SessionSettings(instructions="\n\n".join(parts), greeting=opener)
+
+
+def make_conversation_factory(config: Config) -> ConversationFactory | None:
+    """None when calls cannot be served at all (no provider key and no AUDIO_FILE)."""
+    if config.audio_file is not None:
+        pcm, rate_hz = read_wav(config.audio_file)
+        logger.info("= AUDIO_FILE mode: playing %s to every caller", config.audio_file)
+
+        def audio_file(handle: CallHandle) -> Conversation:
+            return AudioFileConversation(pcm, rate_hz, loop=config.audio_file_loop)
+
+        return audio_file
+    if not available(config.provider):
+        logger.error("! provider %s is not available in this build", config.provider)
+        return None
+    if config.provider_key(config.provider) is None:
+        logger.warning(
+            "! no API key for provider %s and no AUDIO_FILE: calls are rejected", config.provider
+        )
+        return None
+
+    def ai(handle: CallHandle) -> Conversation:
+        record = handle.record
+
+        def session() -> ProviderSession:
+            return create_session(record.provider, config, settings_for(config, record))
+
+        return AIConversation(handle, session)
+
+    return ai
