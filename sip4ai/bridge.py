@@ -155,10 +155,11 @@ class AIConversation:
     def _reply_done(self) -> None:
         self._reply_finished.set()
         self._current_item = None
-        if self._playout is not None and self._chunker is not None:
-            for frame in self._chunker.flush():
-                self._playout.push(frame)
-            self._playout.mark_end_of_reply()
+        playout, chunker, transcoder = self._playout, self._chunker, self._from_provider
+        if playout is not None and chunker is not None and transcoder is not None:
+            for frame in chunker.push(transcoder.flush()) + chunker.flush():
+                playout.push(frame)
+            playout.mark_end_of_reply()
 
     async def _listen(self, session: ProviderSession) -> None:
         async for event in session.events():

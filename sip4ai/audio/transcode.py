@@ -49,6 +49,12 @@ class Transcoder:
             pcm = self._resampler.process(pcm)
         return encode(pcm, self.target.encoding)
 
+    def flush(self) -> bytes:
+        """The audio still held in the resampler (end of a reply); the stream starts afresh."""
+        if self.identity or self._resampler.passthrough:
+            return b""
+        return encode(self._resampler.flush(), self.target.encoding)
+
     def reset(self) -> None:
         """Forget resampler history (after barge-in or a provider reconnect)."""
         self._resampler.reset()
