@@ -147,3 +147,50 @@ class FakeSipEngine:
 
     def media(self, leg_id: str) -> MediaStream | None:
         return self.media_streams.get(leg_id)
+
+
+class PacedMedia(FakeMedia):
+    """A media stream whose send queue drains in real time, 20 ms per frame, like a SIP stack.
+
+    ``sent`` holds (play time, frame) for every frame that reached the "wire"; ``flush`` drops
+    the frames not yet played, as a barge-in flush does in the library.
+    """
+
+    def __init__(self, rate_hz: int = 8000) -> None:
+        super().__init__(rate_hz)
+        self._queue: list[tuple[float, bytes]] = []
+        self._play_until = 0.0
+        self.sent: list[tuple[float, bytes]] = []
+
+    @staticmethod
+    def _now() -> float:
+        import time
+
+        return time.monotonic()
+
+    def _settle(self) -> None:
+        now = self._now()
+        while self._queue and self._queue[0][0] <= now:
+            self.sent.append(self._queue.pop(0))
+
+    def write(self, frame: bytes) -> None:
+        self._settle()
+        start = max(self._now(), self._play_until)
+        self._play_until = start + 0.02
+        self._queue.append((start, frame))
+        self.written.append(frame)
+
+    def queued_ms(self) -> int:
+        self._settle()
+        return max(0, round((self._play_until - self._now()) * 1000))
+
+    def flush(self) -> None:
+        self._settle()
+        self._queue.clear()
+        self._play_until = self._now()
+        self.flushes += 1
+
+    def feed(self, pcm: bytes) -> None:
+        """Queue caller audio, cut into frames, for the next read()."""
+        size = self.frame_bytes
+        self.incoming += [pcm[i : i + size] for i in range(0, len(pcm) - size + 1, size)]
