@@ -136,7 +136,8 @@ async def test_barge_in_flushes_and_truncates_to_what_was_heard() -> None:
             conn = await mock.wait_connection()
             await until(lambda: len(media.sent) >= 40)  # 800 ms heard
             media.feed(speech_pcm(600) + bytes(2 * 4000))
-            truncate = await mock.wait_for(lambda: conn.truncates[0] if conn.truncates else None, TIMEOUT_S)
+            await mock.wait_for(lambda: conn.truncates, TIMEOUT_S)
+            truncate = conn.truncates[0]
             assert truncate.accepted
             heard_ms = 20 * len(media.sent)
             assert 700 <= truncate.audio_end_ms <= heard_ms + 60
