@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, Literal
 
+import aiohttp
 from aiohttp import web
 
 from sip4ai import __version__
@@ -17,10 +18,12 @@ from sip4ai.api import create_app
 from sip4ai.config import Config, SipConfig
 from sip4ai.conversation import make_conversation_factory
 from sip4ai.manager import CallManager, ConversationFactory
-from sip4ai.metrics import Metrics
+from sip4ai.metrics import Metrics, WebhookMetrics
+from sip4ai.outbox import Outbox, RetryPolicy
 from sip4ai.sip.interface import SipEngine
 from sip4ai.store import CallStore
 from sip4ai.systemd import Notifier
+from sip4ai.webhooks import LifecycleWebhooks
 
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,16 @@ class App:
             answer_timeout_s=config.sip.answer_timeout_s,
             ai_available=conversation_factory is not None,
         )
+        secret = config.webhooks.secret
+        self.outbox = Outbox(
+            config.data_dir / "webhooks.sqlite3",
+            secret=secret.reveal() if secret else None,
+            policy=RetryPolicy(attempt_timeout_s=config.webhooks.timeout_s),
+            observer=WebhookMetrics(self.metrics),
+        )
+        self.webhooks = LifecycleWebhooks(self.outbox, default_url=config.webhooks.event_webhook)
+        self.manager.subscribe(self.webhooks.on_call_event)
+        self.http: aiohttp.ClientSession | None = None
         self.notifier = notifier or Notifier()
         self.api_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -78,6 +91,8 @@ class App:
         return f"{self.config.mode} via {self.engine.name}"
 
     async def start(self) -> None:
+        self.http = aiohttp.ClientSession()
+        await self.outbox.start()
         await self.store.open()
         await self.manager.start()
         if self.engine is not None:
@@ -124,6 +139,9 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.outbox.close()
+        if self.http is not None:
+            await self.http.close()
         await self.store.close()
         logger.info("x sip4ai stopped")
 

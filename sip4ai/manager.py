@@ -192,7 +192,10 @@ class CallManager:
     # ---- API commands ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.mark_orphans_failed(self.now())
+        """Close the records of calls a crash left active (each one gets its call.failed event)."""
+        for record in await self.store.mark_orphans_failed(self.now()):
+            for listener in self._listeners:
+                listener(record, "call.failed")
 
     async def get(self, call_id: str) -> CallRecord:
         call = self.active.get(call_id)
@@ -206,7 +209,7 @@ class CallManager:
     async def list_calls(
         self, *, limit: int, offset: int, status: CallStatus | None
     ) -> tuple[list[CallRecord], int]:
-        return await self.store.list(limit=limit, offset=offset, status=status)
+        return await self.store.list_page(limit=limit, offset=offset, status=status)
 
     def live_calls(self) -> list[CallRecord]:
         return [c.record for c in self.active.values()]

@@ -76,5 +76,69 @@ class Metrics:
             registry=r,
         )
 
+        self.webhook_enqueued = Counter(
+            "sip4ai_webhook_events_enqueued_total",
+            "Lifecycle webhook events queued for delivery, by event.",
+            ["event"],
+            registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "sip4ai_webhook_delivery_attempts_total",
+            "Webhook delivery attempts by result (2xx, http_4xx, http_5xx, timeout, connect).",
+            ["result"],
+            registry=r,
+        )
+        self.webhook_delivered = Counter(
+            "sip4ai_webhook_events_delivered_total",
+            "Webhook events delivered, by event.",
+            ["event"],
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "sip4ai_webhook_events_dropped_total",
+            "Webhook events given up, by event and reason.",
+            ["event", "reason"],
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "sip4ai_webhook_outbox_pending", "Webhook events waiting for delivery.", registry=r
+        )
+        self.webhook_delivery_age = Histogram(
+            "sip4ai_webhook_delivery_age_seconds",
+            "Time from enqueue to successful delivery.",
+            buckets=(0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _fold_result(result: str) -> str:
+    """Keep label values few: ``http_503`` -> ``http_5xx``."""
+    if result.startswith("http_") and len(result) == 8:
+        return f"http_{result[5]}xx"
+    return result
+
+
+class WebhookMetrics:
+    """The outbox's observer, feeding the webhook metrics above."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def enqueued(self, event: str) -> None:
+        self._m.webhook_enqueued.labels(event).inc()
+
+    def attempted(self, event: str, result: str) -> None:
+        self._m.webhook_attempts.labels(_fold_result(result)).inc()
+
+    def delivered(self, event: str, attempts: int, age_s: float) -> None:
+        self._m.webhook_delivered.labels(event).inc()
+        self._m.webhook_delivery_age.observe(age_s)
+
+    def gave_up(self, event: str, reason: str) -> None:
+        self._m.webhook_dropped.labels(event, reason).inc()
+
+    def backlog(self, pending: int) -> None:
+        self._m.webhook_pending.set(pending)

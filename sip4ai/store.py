@@ -185,7 +185,7 @@ class CallStore:
         row = await self._run(query)
         return _record(row) if row is not None else None
 
-    async def list(
+    async def list_page(
         self, *, limit: int, offset: int, status: CallStatus | None = None
     ) -> tuple[list[CallRecord], int]:
         """A page of calls, newest first, and the total number matching the filter."""
@@ -203,7 +203,7 @@ class CallStore:
         rows, total = await self._run(query)
         return [_record(r) for r in rows], total
 
-    async def mark_orphans_failed(self, now: datetime) -> int:
+    async def mark_orphans_failed(self, now: datetime) -> list[CallRecord]:
         """Calls left active by a crash (the process died mid-call) end as failed, reason crash."""
 
         def fix(db: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -213,11 +213,14 @@ class CallStore:
             ).fetchall()
             return rows
 
-        orphans = [_record(r) for r in await self._run(fix)]
+        orphans = [
+            transition(_record(r), CallStatus.FAILED, now, reason="crash")
+            for r in await self._run(fix)
+        ]
         for record in orphans:
-            await self.save(transition(record, CallStatus.FAILED, now, reason="crash"))
+            await self.save(record)
         if orphans:
             logger.warning(
                 "! %d call(s) were active when sip4ai last stopped: marked failed", len(orphans)
             )
-        return len(orphans)
+        return orphans

@@ -107,9 +107,9 @@ async def test_list_is_newest_first_with_filter(tmp_path: Path) -> None:
             record = transition(record, CallStatus.FAILED, T0, reason="busy")
         await store.save(record)
         ids.append(record.id)
-    page, total = await store.list(limit=3, offset=1)
+    page, total = await store.list_page(limit=3, offset=1)
     assert total == 7
     assert [r.id for r in page] == [ids[5], ids[4], ids[3]]
-    failed, total_failed = await store.list(limit=10, offset=0, status=CallStatus.FAILED)
+    failed, total_failed = await store.list_page(limit=10, offset=0, status=CallStatus.FAILED)
     assert total_failed == 3 and [r.id for r in failed] == [ids[5], ids[3], ids[1]]
     await store.close()

@@ -73,6 +73,8 @@ class FakeSipEngine:
         self.started = False
         self.stopped = False
         self.auto_end_on_hangup = True
+        self.dial_seen = asyncio.Event()
+        """Set by every dial(); tests wait on it."""
 
     @property
     def registration(self) -> RegistrationState:
@@ -120,6 +122,7 @@ class FakeSipEngine:
     async def dial(self, request: DialRequest) -> str:
         leg = f"out-{next(self._ids)}"
         self.dialled.append((leg, request))
+        self.dial_seen.set()
         return leg
 
     def remote_ringing(self, leg_id: str) -> None:
