@@ -150,6 +150,17 @@ class SipConfig:
     """Trunk/IP mode: addresses allowed to send INVITEs without registration."""
     p_asserted_identity: bool = False
     codecs: tuple[str, ...] = ("pcmu", "pcma")
+    jitter_buffer_ms: int = 0
+    """0: no jitter buffer, each RTP packet is decoded on arrival (lowest latency, no frame loss
+    under load). 40-1000: a receive thread per call with an adaptive 20..N ms jitter buffer
+    (reorders and conceals loss on bad networks, at 25-50 % more CPU and ~20 ms more latency)."""
+    rtp_timeout_s: int = 60
+    """End a call (cause media_timeout) after this long without RTP from a peer that should be
+    sending; 0 = never."""
+    tls_ca_file: str | None = None
+    """CA bundle for SIP over TLS; default: the system bundle."""
+    tls_verify_server: bool = True
+    """Verify the TLS server certificate (turn off only for test setups with self-signed certs)."""
 
     @property
     def configured(self) -> bool:

@@ -95,6 +95,11 @@ def _sip(s: Section, environ: Mapping[str, str]) -> SipConfig:
     for index, value in enumerate(trusted):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{s.field('trusted_sources')}[{index}]", s.source, "not an address")
+    jitter_ms = s.int_(
+        "jitter_buffer_ms", 0, env=("SIP_JITTER_BUFFER_MS",), minimum=0, maximum=1000
+    )
+    if 0 < jitter_ms < 40:
+        raise s.error("jitter_buffer_ms", s.source, "must be 0 (off) or at least 40")
     codecs = s.list_("codecs") or ["pcmu", "pcma"]
     for index, codec in enumerate(codecs):
         if codec not in ("pcmu", "pcma", "g722"):
@@ -132,8 +137,23 @@ def _sip(s: Section, environ: Mapping[str, str]) -> SipConfig:
         trusted_sources=tuple(trusted),
         p_asserted_identity=s.bool_("p_asserted_identity", False),
         codecs=tuple(codecs),
+        jitter_buffer_ms=jitter_ms,
+        rtp_timeout_s=s.int_(
+            "rtp_timeout_s", 60, env=("SIP_RTP_TIMEOUT",), minimum=0, maximum=3600
+        ),
+        tls_ca_file=s.str_("tls_ca_file", None, env=("SIP_TLS_CA_FILE",)),
+        tls_verify_server=s.bool_("tls_verify_server", True, env=("SIP_TLS_VERIFY",)),
     )
     s.finish()
+    if result.password is not None:
+        # baresip carries the password in a quoted account parameter without escapes.
+        if any(c in '"\\' or ord(c) < 0x20 for c in result.password.reveal()):
+            src = "env SIP_PASSWORD" if environ.get("SIP_PASSWORD") else s.source
+            raise ConfigError(
+                s.field("password"),
+                src,
+                "must not contain quotes, backslashes or control characters",
+            )
     return result
 
 
