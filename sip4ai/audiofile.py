@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 TICK_S = FRAME_MS / 1000
 SEND_AHEAD_MS = 40
+MAX_FRAMES_PER_TICK = 3
+"""Never more per tick: a stream that is not sending yet must not spin the loop."""
 
 
 def read_wav(path: Path) -> tuple[bytes, int]:
@@ -69,7 +71,9 @@ class AudioFileConversation:
         index = 0
         while True:
             media.read()  # the caller's audio is not used; drain it so nothing piles up
-            while media.queued_ms() < SEND_AHEAD_MS:
+            for _ in range(MAX_FRAMES_PER_TICK):
+                if media.queued_ms() >= SEND_AHEAD_MS:
+                    break
                 if index == len(frames):
                     if not self._loop:
                         return await self._drain(media)

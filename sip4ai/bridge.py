@@ -38,6 +38,9 @@ TICK_S = FRAME_MS / 1000
 SEND_AHEAD_MS = 40
 """Audio kept queued in the SIP library: enough to ride out a late tick, little enough that a
 barge-in flush drops almost nothing already on its way."""
+MAX_FRAMES_PER_TICK = 3
+"""Never more per tick: a stream whose send queue does not fill (not sending yet, or its
+clock stalled) must not drain the playout buffer into it in one go."""
 GOODBYE_TIMEOUT_S = 6.0
 GOODBYE_INSTRUCTIONS = "The call is ending now. Say a brief, polite goodbye in one short sentence."
 
@@ -130,7 +133,9 @@ class AIConversation:
             for frame in media.read():
                 if self._ready.is_set():
                     session.send_audio(to_provider.convert(frame))
-            while len(playout) and media.queued_ms() < SEND_AHEAD_MS:
+            for _ in range(MAX_FRAMES_PER_TICK):
+                if not len(playout) or media.queued_ms() >= SEND_AHEAD_MS:
+                    break
                 media.write(playout.pop())
             if not len(playout) and media.queued_ms() == 0:
                 self._drained.set()
