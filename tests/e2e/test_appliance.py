@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,95 @@ def test_inbound_call_with_openai_mock(
             assert ("ai", "Hello, thanks for calling") in said, said
             assert ("user", "I would like to book a table") in said, said
             assert app.stop() == 0
+
+
+def test_outbound_call_then_delete_hangs_up(
+    tmp_path: Path,
+    kamailio: Kamailio,
+    sipp: SippFactory,
+    rtp_capture: CaptureFactory,
+    tones: ToneLibrary,
+) -> None:
+    callee = sipp.start(SippOptions("uas_answer_rtp", audio=tones.get(1000)))
+    kamailio.set_static_route("+61400000000", callee.uri)
+    wav = write_tone_wav(tmp_path / "tone.wav", 600, 1.0)
+    with Sip4ai(tmp_path, config=sip_config(kamailio), env={"AUDIO_FILE": str(wav)}) as app:
+        app.wait_registered()
+        capture = rtp_capture.start([callee.media_port])
+        code, created = app.api("POST", "/api/calls", {"target": "+61400000000", "task": "Test"})
+        assert code == 201, created
+        call_id = created["call_id"]
+        app.wait_for(lambda: app.call(call_id)["status"] == "in_progress", 10, "the answer")
+        time.sleep(1.5)  # let a second of audio cross the wire before hanging up
+        code, ending = app.api("DELETE", f"/api/calls/{call_id}")
+        assert (code, ending["status"]) == (200, "ending")
+        app.wait_for(lambda: app.call(call_id)["status"] == "completed", 10, "the hang-up")
+        wire = capture.stop()
+        record = app.call(call_id)
+        assert record["end_reason"] == "api_hangup" and record["direction"] == "outbound"
+        answered = callee.wait(10.0)
+        assert answered.ok, answered.describe()  # the callee got our BYE
+        to_callee = [
+            s for s in wire.rtp_streams([callee.media_port]) if s.key.dst_port == callee.media_port
+        ]
+        assert to_callee, "no RTP reached the callee"
+        tone = analyse_tone(to_callee[0].pcm()[1600:9600])
+        assert abs(tone.dominant_hz - 600) < 5, tone
+        code, again = app.api("DELETE", f"/api/calls/{call_id}")
+        assert (code, again["code"]) == (409, "CONFLICT")
+
+
+def test_outbound_call_to_busy_callee_fails_with_reason(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory
+) -> None:
+    callee = sipp.start(SippOptions("uas_busy"))
+    kamailio.set_static_route("+61400000001", callee.uri)
+    wav = write_tone_wav(tmp_path / "tone.wav", 600, 1.0)
+    with Sip4ai(tmp_path, config=sip_config(kamailio), env={"AUDIO_FILE": str(wav)}) as app:
+        app.wait_registered()
+        code, created = app.api("POST", "/api/calls", {"target": "+61400000001", "task": "Test"})
+        assert code == 201, created
+        call_id = created["call_id"]
+        app.wait_for(lambda: app.call(call_id)["status"] == "failed", 10, "the failure")
+        assert app.call(call_id)["end_reason"] == "busy"
+        assert callee.wait(10.0).ok
+
+
+def test_caller_cancels_while_the_ai_connects(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory
+) -> None:
+    script = tmp_path / "slow.json"
+    script.write_text(json.dumps({"faults": {"handshake_delay_s": 5.0}}))
+    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
+        config = sip_config(kamailio, answer_timeout_s=4.0) | {"openai": {"base_url": base_url}}
+        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+            app.wait_registered()
+            caller = sipp.run(
+                SippOptions(
+                    "uac_cancel", remote=kamailio.address, service="aibot", call_duration_ms=800
+                )
+            )
+            assert caller.ok, caller.describe() + "\n" + app.log_tail()
+            call = app.wait_call(lambda c: c["status"] == "failed")
+            assert call["end_reason"] == "cancelled"
+            assert app.status()["active_calls"] == 0
+
+
+def test_dtmf_from_the_caller_reaches_the_ai(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory, tones: ToneLibrary
+) -> None:
+    events = tmp_path / "mock-events.jsonl"
+    with openai_mock_process(tmp_path, "--events-log", str(events)) as base_url:
+        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
+        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+            app.wait_registered()
+            caller = sipp.run(
+                SippOptions(
+                    "uac_dtmf_info", remote=kamailio.address, service="aibot", audio=tones.get(440)
+                )
+            )
+            assert caller.ok, caller.describe() + "\n" + app.log_tail()
+            app.wait_call(lambda c: c["status"] == "completed")
+    received = [json.loads(line) for line in events.read_text().splitlines()]
+    items = [e for e in received if e["dir"] == "in" and e["type"] == "conversation.item.create"]
+    assert len(items) == 2, items  # one context message per digit (5 and #)
