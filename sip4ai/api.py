@@ -18,7 +18,8 @@ from aiohttp import web
 
 from sip4ai import openapi
 from sip4ai.calls import CallRecord, CallStatus, format_uptime, iso
-from sip4ai.errors import AIUnavailable, CallNotFound, CallStateError, SipUnavailable
+from sip4ai.errors import AIUnavailable, CallNotFound, CallStateError, ConfigError, SipUnavailable
+from sip4ai.functions import functions_from_request
 from sip4ai.manager import CallManager
 from sip4ai.metrics import CONTENT_TYPE, Metrics
 
@@ -167,6 +168,10 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 async def create_call(request: web.Request) -> web.Response:
     body = await _json_body(request, _CREATE_VALIDATOR)
+    try:
+        functions_from_request(body.get("functions", ()))
+    except ConfigError as exc:
+        raise ApiError(400, f"{exc.field}: {exc.message}", "VALIDATION_ERROR") from None
     manager = request.app[MANAGER]
     record = await manager.create_outbound(
         body["target"],

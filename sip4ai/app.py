@@ -17,6 +17,7 @@ from sip4ai import __version__
 from sip4ai.api import create_app
 from sip4ai.config import Config, SipConfig
 from sip4ai.conversation import make_conversation_factory
+from sip4ai.holdaudio import HoldAudio
 from sip4ai.manager import CallManager, ConversationFactory
 from sip4ai.metrics import Metrics, WebhookMetrics
 from sip4ai.outbox import Outbox, RetryPolicy
@@ -55,8 +56,12 @@ class App:
             else None
         )
         self.metrics = Metrics(engine=self.engine.name if self.engine else "none")
+        self.http: aiohttp.ClientSession | None = None
+        self.hold_audio: HoldAudio | None = None
         if conversation_factory == "auto":
-            conversation_factory = make_conversation_factory(config)
+            conversation_factory = make_conversation_factory(
+                config, http=lambda: self.http, hold_audio=lambda: self.hold_audio
+            )
         self.store = CallStore(config.data_dir / "sip4ai.sqlite3")
         self.manager = CallManager(
             store=self.store,
@@ -77,7 +82,11 @@ class App:
         )
         self.webhooks = LifecycleWebhooks(self.outbox, default_url=config.webhooks.event_webhook)
         self.manager.subscribe(self.webhooks.on_call_event)
-        self.http: aiohttp.ClientSession | None = None
+        result_url = config.outbound.result_webhook
+        if result_url:
+            hooks = self.webhooks
+            self.manager.task_results = lambda rec, res: hooks.task_result(rec, res, result_url)
+        self.manager.hangup_on_task_complete = config.outbound.hangup_on_task_complete
         self.notifier = notifier or Notifier()
         self.api_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -92,6 +101,7 @@ class App:
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession()
+        self.hold_audio = HoldAudio(self.http, cache_dir=self.config.data_dir / "hold_audio")
         await self.outbox.start()
         await self.store.open()
         await self.manager.start()

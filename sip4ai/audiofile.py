@@ -18,7 +18,8 @@ from sip4ai.sip.interface import MediaStream
 logger = logging.getLogger(__name__)
 
 TICK_S = FRAME_MS / 1000
-SEND_AHEAD_MS = 40
+SEND_AHEAD_MS = 100
+"""Playing a file needs no low latency: queue more, so a busy loop never starves the stream."""
 MAX_FRAMES_PER_TICK = 3
 """Never more per tick: a stream that is not sending yet must not spin the loop."""
 
@@ -96,6 +97,9 @@ class AudioFileConversation:
         return None
 
     async def goodbye(self) -> None:
+        return None
+
+    async def finish_speaking(self) -> None:
         return None
 
     async def aclose(self) -> None:

@@ -18,6 +18,8 @@ from sip4ai.audio.chunker import FrameChunker
 from sip4ai.audio.formats import FRAME_MS, AudioFormat, Encoding
 from sip4ai.audio.playout import PlayoutBuffer
 from sip4ai.audio.transcode import Transcoder
+from sip4ai.functions import FunctionRunner
+from sip4ai.holdaudio import HoldAudio, HoldPlayer, run_with_hold
 from sip4ai.manager import CallHandle
 from sip4ai.providers.base import (
     AudioOut,
@@ -58,11 +60,16 @@ class AIConversation:
         handle: CallHandle,
         session_factory: Callable[[], ProviderSession],
         *,
-        on_tool_call: Callable[[ToolCall], None] | None = None,
+        functions: FunctionRunner | None = None,
+        hold_audio: HoldAudio | None = None,
     ) -> None:
         self._handle = handle
         self._factory = session_factory
-        self._on_tool_call = on_tool_call
+        self._functions = functions
+        self._hold_audio = hold_audio
+        self._hold: HoldPlayer | None = None
+        self._spoken_replies = 0
+        """Replies with audio that finished; finish_speaking waits for the next one."""
         self._session: ProviderSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
@@ -134,9 +141,14 @@ class AIConversation:
                 if self._ready.is_set():
                     session.send_audio(to_provider.convert(frame))
             for _ in range(MAX_FRAMES_PER_TICK):
-                if not len(playout) or media.queued_ms() >= SEND_AHEAD_MS:
+                if media.queued_ms() >= SEND_AHEAD_MS:
                     break
-                media.write(playout.pop())
+                if len(playout):
+                    media.write(playout.pop())
+                elif (held := self._hold_frame()) is not None:
+                    media.write(held)
+                else:
+                    break
             if not len(playout) and media.queued_ms() == 0:
                 self._drained.set()
             deadline += TICK_S
@@ -145,6 +157,17 @@ class AIConversation:
                 deadline = loop.time()
                 delay = 0
             await asyncio.sleep(delay)
+
+    def _hold_frame(self) -> bytes | None:
+        hold = self._hold
+        if hold is None:
+            return None
+        if hold.stopped:
+            self._hold = None
+            if self._media is not None:
+                self._media.flush()  # cut the hold at once, not after what is queued
+            return None
+        return hold.next_frame()
 
     def _play(self, event: AudioOut) -> None:
         playout, chunker, transcoder = self._playout, self._chunker, self._from_provider
@@ -158,6 +181,8 @@ class AIConversation:
             playout.push(frame)
 
     def _reply_done(self) -> None:
+        if self._current_item is not None:
+            self._spoken_replies += 1
         self._reply_finished.set()
         self._current_item = None
         playout, chunker, transcoder = self._playout, self._chunker, self._from_provider
@@ -207,10 +232,29 @@ class AIConversation:
         logger.debug("= barge-in: dropped %d ms, %d ms were heard", buffered, played_ms)
 
     def _tool_call(self, session: ProviderSession, call: ToolCall) -> None:
-        if self._on_tool_call is not None:
-            self._on_tool_call(call)
+        name = f"call-{self._handle.record.id}:tool-{call.name}"
+        self._tasks.append(asyncio.create_task(self._run_tool(session, call), name=name))
+
+    async def _run_tool(self, session: ProviderSession, call: ToolCall) -> None:
+        runner = self._functions
+        if runner is None:
+            error = {"ok": False, "error": {"type": "unknown_function", "message": call.name}}
+            session.tool_result(call.call_id, json.dumps(error))
             return
-        session.tool_result(call.call_id, json.dumps({"error": f"unknown function {call.name}"}))
+        hold_audio, media = self._hold_audio, self._media
+        if hold_audio is not None and media is not None and runner.holds(call.name):
+            url, rate_hz = runner.hold_audio_url(call.name), media.rate_hz
+
+            def play(player: HoldPlayer) -> None:
+                self._hold = player
+
+            outcome = await run_with_hold(
+                runner.run(call), clip=lambda: hold_audio.clip(url, rate_hz), play=play
+            )
+        else:
+            outcome = await runner.run(call)
+        session.tool_result(outcome.call_id, outcome.output)
+        self._handle.record_function_call(outcome.record)
 
     def inject(self, message: str, role: str) -> None:
         if self._session is not None:
@@ -231,6 +275,16 @@ class AIConversation:
             return
         self._drained.clear()
         await self._drained.wait()
+
+    async def finish_speaking(self) -> None:
+        """Wait for the next reply with audio to finish, then for it to be played out."""
+        start = self._spoken_replies
+        while self._spoken_replies == start and not self._closed.is_set():
+            self._reply_finished.clear()
+            await self._reply_finished.wait()
+        if self._playout is not None:
+            self._drained.clear()
+            await self._drained.wait()
 
     async def aclose(self) -> None:
         if self._session is not None:

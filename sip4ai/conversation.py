@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
+import aiohttp
 
 from sip4ai.audiofile import AudioFileConversation, read_wav
 from sip4ai.bridge import AIConversation
 from sip4ai.calls import CallRecord, Direction
 from sip4ai.config import Config
+from sip4ai.functions import FunctionRunner, functions_from_request, merge_functions
+from sip4ai.holdaudio import HoldAudio
 from sip4ai.manager import CallHandle, Conversation, ConversationFactory
 from sip4ai.providers import available, create_session
-from sip4ai.providers.base import ProviderSession, SessionSettings
+from sip4ai.providers.base import ProviderSession, SessionSettings, Tool
 
 
 logger = logging.getLogger(__name__)
@@ -33,7 +38,9 @@ def provider_instructions(config: Config, provider: str) -> str:
     return config.openai.instructions
 
 
-def settings_for(config: Config, record: CallRecord) -> SessionSettings:
+def settings_for(
+    config: Config, record: CallRecord, tools: tuple[Tool, ...] = ()
+) -> SessionSettings:
     """The provider settings for one call: config, plus the API request's task and instructions."""
     parts = [provider_instructions(config, record.provider)]
     task = record.task
@@ -50,10 +57,30 @@ def settings_for(config: Config, record: CallRecord) -> SessionSettings:
         opener = INBOUND_GREETING
     else:
         opener = "The callee answered. Introduce yourself briefly and start on your task."
-    return SessionSettings(instructions="\n\n".join(parts), greeting=opener)
+    return SessionSettings(instructions="\n\n".join(parts), greeting=opener, tools=tools)
 
 
-def make_conversation_factory(config: Config) -> ConversationFactory | None:
+def function_runner(
+    config: Config, handle: CallHandle, http: aiohttp.ClientSession
+) -> FunctionRunner:
+    record = handle.record
+    secret = config.webhooks.secret
+    return FunctionRunner(
+        call_id=record.id,
+        functions=merge_functions(config.functions, functions_from_request(record.functions)),
+        control=handle,
+        session=http,
+        secret=secret.reveal() if secret else None,
+        task_call=record.direction is Direction.OUTBOUND and bool(record.task),
+    )
+
+
+def make_conversation_factory(
+    config: Config,
+    *,
+    http: Callable[[], aiohttp.ClientSession | None] = lambda: None,
+    hold_audio: Callable[[], HoldAudio | None] = lambda: None,
+) -> ConversationFactory | None:
     """None when calls cannot be served at all (no provider key and no AUDIO_FILE)."""
     if config.audio_file is not None:
         pcm, rate_hz = read_wav(config.audio_file)
@@ -74,10 +101,13 @@ def make_conversation_factory(config: Config) -> ConversationFactory | None:
 
     def ai(handle: CallHandle) -> Conversation:
         record = handle.record
+        client = http()
+        runner = function_runner(config, handle, client) if client is not None else None
+        tools = runner.tools if runner is not None else ()
 
         def session() -> ProviderSession:
-            return create_session(record.provider, config, settings_for(config, record))
+            return create_session(record.provider, config, settings_for(config, record, tools))
 
-        return AIConversation(handle, session)
+        return AIConversation(handle, session, functions=runner, hold_audio=hold_audio())
 
     return ai

@@ -13,14 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sip4ai.calls import (
     CallRecord,
     CallStatus,
     Direction,
+    FunctionCallRecord,
     Speaker,
-    add_transcript,
     new_call,
     transition,
     utc_now,
@@ -41,8 +41,13 @@ from sip4ai.sip.interface import (
     RegistrationState,
     SipEngine,
     SipEvent,
+    TransferResult,
 )
 from sip4ai.store import CallStore
+
+
+if TYPE_CHECKING:
+    from sip4ai.functions import TransferOutcome
 
 
 logger = logging.getLogger(__name__)
@@ -69,6 +74,10 @@ class Conversation(Protocol):
         """Say a brief goodbye (bounded); the manager hangs up afterwards."""
         ...
 
+    async def finish_speaking(self) -> None:
+        """Return once the reply being generated has been played out (bounded by the caller)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -79,6 +88,18 @@ class CallHandle(Protocol):
     def record(self) -> CallRecord: ...
 
     def add_transcript(self, speaker: Speaker, text: str) -> None: ...
+
+    def record_function_call(self, call: FunctionCallRecord) -> None: ...
+
+    def end_call(self, reason: str | None) -> None:
+        """End the call once the AI's current reply has been heard (returns at once)."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None: ...
+
+    async def transfer(self, target: str) -> TransferOutcome: ...
+
+    def report_result(self, result: Mapping[str, Any]) -> None: ...
 
 
 ConversationFactory = Callable[[CallHandle], Conversation]
@@ -96,6 +117,8 @@ class ActiveCall:
     """Why sip4ai is ending the call, once it decided to (API, max duration, the AI...)."""
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     media_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    transfer: asyncio.Future[TransferResult] | None = None
+    """Pending while a REFER sent for this call waits for its outcome."""
 
 
 class CallManager:
@@ -110,6 +133,8 @@ class CallManager:
         conversation_factory: ConversationFactory | None = None,
         answer_timeout_s: float = 5.0,
         ai_available: bool = True,
+        task_results: Callable[[CallRecord, Mapping[str, Any]], None] | None = None,
+        hangup_on_task_complete: bool = True,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
@@ -120,6 +145,9 @@ class CallManager:
         self.conversation_factory = conversation_factory
         self.answer_timeout_s = answer_timeout_s
         self.ai_available = ai_available
+        self.task_results = task_results
+        """Where report_result goes (the result_webhook through the outbox)."""
+        self.hangup_on_task_complete = hangup_on_task_complete
         """False when no AI can serve calls: inbound ones are refused, outbound ones not placed."""
         self.now = now
         self.active: dict[str, ActiveCall] = {}
@@ -306,7 +334,26 @@ class CallManager:
     # ---- conversation hooks ----------------------------------------------------------------
 
     def handle(self, call: ActiveCall) -> CallHandle:
-        return _Handle(self, call)
+        from sip4ai.callhandle import ManagedCall  # it builds on this module
+
+        return ManagedCall(self, call)
+
+    def spawn(self, call: ActiveCall, coro: Awaitable[Any], name: str) -> None:
+        self._spawn(call, coro, name)
+
+    async def commit(self, call: ActiveCall, record: CallRecord, event: str) -> None:
+        await self._commit(call, record, event)
+
+    async def end_with(self, call: ActiveCall, reason: str) -> None:
+        """End the call now (no goodbye of our own) with ``reason``; idempotent."""
+        if call.ending or not call.record.status.active:
+            return
+        call.ending = True
+        call.end_reason = reason
+        if call.leg_id is not None and self.engine is not None:
+            await self.engine.hangup(call.leg_id)
+        else:
+            await self._finalize(call, reason)
 
     # ---- SIP events ------------------------------------------------------------------------
 
@@ -423,6 +470,11 @@ class CallManager:
                 call, CallStatus.FAILED, reason=reason, sip_status=event.status_code
             )
 
+    async def _on_transfer(self, event: TransferResult) -> None:
+        call = self._by_leg.get(event.leg_id)
+        if call is not None and call.transfer is not None and not call.transfer.done():
+            call.transfer.set_result(event)
+
     async def _on_dtmf(self, event: DtmfReceived) -> None:
         call = self._by_leg.get(event.leg_id)
         if call is not None and call.conversation is not None:
@@ -436,23 +488,5 @@ class CallManager:
         MediaReady: _on_media,
         LegEnded: _on_ended,
         DtmfReceived: _on_dtmf,
+        TransferResult: _on_transfer,
     }
-
-
-class _Handle:
-    def __init__(self, manager: CallManager, call: ActiveCall) -> None:
-        self._manager = manager
-        self._call = call
-
-    @property
-    def record(self) -> CallRecord:
-        return self._call.record
-
-    def add_transcript(self, speaker: Speaker, text: str) -> None:
-        """Append at once (so back-to-back segments never race); persist in the background."""
-        call = self._call
-        if not call.record.status.active:
-            return
-        record = add_transcript(call.record, speaker, text, self._manager.now())
-        self._manager._spawn(call, self._manager._commit(call, record, "transcript.update"), "save")
-        call.record = record
