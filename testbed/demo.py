@@ -1,95 +1,82 @@
-"""`make demo`: run sip4ai on its embedded defaults and show what it does.
+"""`make demo`: one real local call, end to end, on sip4ai's embedded defaults.
 
-Today this is the API-only appliance (no SIP credentials): it starts the real sip4ai process,
-waits for it, shows /health, /status, the OpenAPI routes, what an outbound call request gets
-without SIP, and the metrics, then stops it with SIGTERM.
+Kamailio (registrar + proxy) and the OpenAI Realtime mock start on free loopback ports; sip4ai
+starts and registers as aibot; a SIPp caller dials aibot, listens to the greeting, says
+something and hangs up. The demo then prints the call record with its transcript, /status and
+a few metrics, and stops everything.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from typing import Any
+from pathlib import Path
+
+from testbed.harness.appliance import Sip4ai
+from testbed.harness.kamailio import Kamailio
+from testbed.harness.scenario import openai_mock_process, sip_config, turn_file
+from testbed.harness.sipp import SippFactory, SippOptions
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+SCRIPT = {
+    "replies": [
+        {"text": "Hello! You have reached the sip4ai demo. How can I help?", "duration_ms": 2500},
+        {"text": "Certainly, a table for two at seven is booked. Goodbye!", "duration_ms": 2500},
+    ],
+    "transcripts": ["I would like a table for two at seven, please."],
+}
 
 
-def request(
-    port: int, method: str, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data else {},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def show(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-    status, text = request(port, method, path, body)
-    print(f"\n$ {method} {path}" + (f"  {json.dumps(body)}" if body else ""))
-    print(f"HTTP {status}")
-    try:
-        print(json.dumps(json.loads(text), indent=2))
-    except ValueError:
-        print(text)
+def banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
 
 
 def main() -> int:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="sip4ai-demo-") as data_dir:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SIP_", "NOTIFY_", "WATCHDOG"))
-        }
-        env.update({"API_PORT": str(port), "SIP4AI_DATA_DIR": data_dir})
-        print(f"starting sip4ai (API only: no SIP credentials) on 127.0.0.1:{port}")
-        proc = subprocess.Popen([sys.executable, "-m", "sip4ai"], env=env)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    request(port, "GET", "/health")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        print("sip4ai did not start", file=sys.stderr)
-                        return 1
-                    time.sleep(0.05)
-            show(port, "GET", "/health")
-            show(port, "GET", "/status")
-            show(port, "GET", "/api/calls")
-            show(port, "POST", "/api/calls", {"target": "+61400000000", "task": "Say hello"})
-            _, metrics = request(port, "GET", "/metrics")
-            print("\n$ GET /metrics  (sip4ai_* samples)")
-            for line in metrics.splitlines():
-                if line.startswith("sip4ai_") and not any(
-                    s in line for s in ("_created", "_bucket")
-                ):
-                    print(line)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=15)
-        print(f"\nsip4ai stopped with exit code {code}")
-        return code
+    for tool in ("kamailio", "sipp"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed: run `make deps` first", file=sys.stderr)
+            return 1
+    with tempfile.TemporaryDirectory(prefix="sip4ai-demo-") as tmp:
+        run_dir = Path(tmp)
+        script = run_dir / "script.json"
+        script.write_text(json.dumps(SCRIPT))
+        banner("starting Kamailio, the OpenAI mock and sip4ai on loopback")
+        with (
+            Kamailio(run_dir / "kamailio", host="127.0.0.1") as kamailio,
+            openai_mock_process(run_dir, "--script", str(script)) as base_url,
+        ):
+            config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
+            app = Sip4ai(run_dir, config=config, env={"OPENAI_API_KEY": "sk-demo"})
+            with app:
+                app.wait_registered()
+                print(f"sip4ai registered as aibot at {kamailio.address}; API on :{app.api_port}")
+                banner("a SIPp caller dials aibot: listens, speaks, hangs up (about 9 s)")
+                caller = SippFactory(run_dir / "sipp").run(
+                    SippOptions(
+                        "uac_invite_rtp",
+                        remote=kamailio.address,
+                        service="aibot",
+                        audio=turn_file(
+                            run_dir / "caller.ulaw", silence_s=3.5, speech_s=1.2, tail_s=5.0
+                        ),
+                        call_duration_ms=9000,
+                    )
+                )
+                print("caller:", "call completed" if caller.ok else caller.describe())
+                call = app.wait_call(lambda c: c["status"] in ("completed", "failed"))
+                banner(f"GET /api/calls/{call['id']}")
+                print(json.dumps(app.call(call["id"]), indent=2))
+                banner("GET /status")
+                print(json.dumps(app.status(), indent=2))
+                banner("metrics")
+                for line in app.metrics().splitlines():
+                    if line.startswith(("sip4ai_calls_total", "sip4ai_sip_registered")):
+                        print(line)
+                code = app.stop()
+        banner(f"sip4ai stopped with exit code {code}")
+        return 0 if caller.ok and code == 0 else 1
 
 
 if __name__ == "__main__":

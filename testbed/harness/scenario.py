@@ -1,4 +1,4 @@
-"""Helpers for e2e tests of the sip4ai process: config for the testbed, WAV tones, the mock."""
+"""Building blocks for whole-call scenarios: sip4ai config for the testbed, caller audio, the mock."""
 
 from __future__ import annotations
 
