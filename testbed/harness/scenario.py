@@ -1,4 +1,4 @@
-"""Building blocks for whole-call scenarios: sip4ai config for the testbed, caller audio, the mock."""
+"""Whole-call scenario parts: sip4ai config for the testbed, caller audio, the OpenAI mock."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from testbed.harness.appliance import Sip4ai
 from testbed.harness.capture import CaptureFactory
 from testbed.harness.kamailio import Kamailio
 from testbed.harness.ports import free_port
+from testbed.harness.scenario import openai_mock_process, sip_config, turn_file, write_tone_wav
 from testbed.harness.sipp import SippFactory, SippOptions
 from testbed.harness.tones import ToneLibrary, analyse_tone
-from testbed.harness.scenario import openai_mock_process, sip_config, turn_file, write_tone_wav
 
 
 pytestmark = pytest.mark.e2e
