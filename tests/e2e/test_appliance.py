@@ -227,3 +227,93 @@ def test_dtmf_from_the_caller_reaches_the_ai(
     received = [json.loads(line) for line in events.read_text().splitlines()]
     items = [e for e in received if e["dir"] == "in" and e["type"] == "conversation.item.create"]
     assert len(items) == 2, items  # one context message per digit (5 and #)
+
+
+def test_inject_then_delete_says_goodbye_and_hangs_up(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory
+) -> None:
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            {
+                "replies": [
+                    {"text": "Hello caller", "duration_ms": 800},
+                    {"text": "Goodbye, thanks for calling", "duration_ms": 800},
+                ],
+                "inject_reply": "Noted: {text}",
+            }
+        )
+    )
+    quiet = turn_file(tmp_path / "quiet.ulaw", silence_s=30.0, speech_s=0.0, tail_s=0.0)
+    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
+        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
+        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+            app.wait_registered()
+            caller = sipp.start(
+                SippOptions(
+                    "uac_invite_wait_bye",
+                    remote=kamailio.address,
+                    service="aibot",
+                    audio=quiet,
+                    recv_timeout_ms=20000,
+                )
+            )
+            call = app.wait_call(lambda c: c["status"] == "in_progress")
+            said = lambda: [t["text"] for t in app.call(call["id"])["transcript"]]  # noqa: E731
+            app.wait_for(lambda: "Hello caller" in said(), 10, "the greeting")
+            code, body = app.api(
+                "POST", f"/api/calls/{call['id']}/inject", {"message": "The caller is a VIP."}
+            )
+            assert code == 200, body
+            app.wait_for(lambda: "Noted: The caller is a VIP." in said(), 10, "the injected reply")
+            code, body = app.api("DELETE", f"/api/calls/{call['id']}")
+            assert code == 200, body
+            app.wait_for(lambda: app.call(call["id"])["status"] == "completed", 15, "the end")
+            record = app.call(call["id"])
+            assert record["end_reason"] == "api_hangup"
+            assert record["transcript"][-1]["text"] == "Goodbye, thanks for calling"
+            result = caller.wait(10.0)
+            assert result.ok, result.describe()  # the caller received our BYE
+
+
+def test_barge_in_cuts_the_reply_on_the_wire(
+    tmp_path: Path,
+    kamailio: Kamailio,
+    sipp: SippFactory,
+    rtp_capture: CaptureFactory,
+) -> None:
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"replies": [{"text": "A long greeting", "duration_ms": 6000}]}))
+    events = tmp_path / "mock-events.jsonl"
+    talker = turn_file(tmp_path / "talker.ulaw", silence_s=2.0, speech_s=1.0, tail_s=4.0)
+    with openai_mock_process(
+        tmp_path, "--script", str(script), "--events-log", str(events)
+    ) as base_url:
+        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
+        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+            app.wait_registered()
+            caller_media = free_port(udp=True, tcp=False, span=4)
+            capture = rtp_capture.start([caller_media])
+            caller = sipp.run(
+                SippOptions(
+                    "uac_invite_rtp",
+                    remote=kamailio.address,
+                    service="aibot",
+                    audio=talker,
+                    call_duration_ms=6000,
+                    media_port=caller_media,
+                )
+            )
+            wire = capture.stop()
+            assert caller.ok, caller.describe()
+    streams = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
+    assert streams, "no RTP reached the caller"
+    pcm = streams[0].pcm()
+    frames = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
+    voiced = np.flatnonzero(np.abs(frames).max(axis=1) > 500)
+    assert voiced.size, "the greeting never played"
+    heard_ms = 20 * voiced.size
+    assert 1000 <= heard_ms <= 3500, f"the 6 s greeting played {heard_ms} ms: not cut"
+    received = [json.loads(line) for line in events.read_text().splitlines()]
+    kinds = [e["type"] for e in received if e["dir"] == "in"]
+    assert "conversation.item.truncate" in kinds, kinds
