@@ -259,7 +259,10 @@ def test_inject_then_delete_says_goodbye_and_hangs_up(
                 )
             )
             call = app.wait_call(lambda c: c["status"] == "in_progress")
-            said = lambda: [t["text"] for t in app.call(call["id"])["transcript"]]  # noqa: E731
+
+            def said() -> list[str]:
+                return [t["text"] for t in app.call(call["id"])["transcript"]]
+
             app.wait_for(lambda: "Hello caller" in said(), 10, "the greeting")
             code, body = app.api(
                 "POST", f"/api/calls/{call['id']}/inject", {"message": "The caller is a VIP."}
