@@ -320,3 +320,46 @@ def test_barge_in_cuts_the_reply_on_the_wire(
     received = [json.loads(line) for line in events.read_text().splitlines()]
     kinds = [e["type"] for e in received if e["dir"] == "in"]
     assert "conversation.item.truncate" in kinds, kinds
+
+
+def test_transfer_function_sends_refer(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory
+) -> None:
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            {
+                "replies": [{"text": "Hello", "duration_ms": 600}],
+                "function_calls": [{"name": "transfer_call", "after_user_turns": 1}],
+            }
+        )
+    )
+    talker = turn_file(tmp_path / "talker.ulaw", silence_s=1.5, speech_s=0.8, tail_s=20.0)
+    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
+        config = sip_config(kamailio) | {
+            "openai": {"base_url": base_url},
+            "functions": [
+                {
+                    "name": "transfer_call",
+                    "description": "Transfer the call to a human agent",
+                    "type": "transfer",
+                    "target": "+61400000002",
+                }
+            ],
+        }
+        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+            app.wait_registered()
+            caller = sipp.run(
+                SippOptions(
+                    "uac_accept_refer",
+                    remote=kamailio.address,
+                    service="aibot",
+                    audio=talker,
+                    recv_timeout_ms=20000,
+                    timeout_s=30,
+                )
+            )
+            assert caller.ok, caller.describe() + "\n" + app.log_tail()
+            assert "REFER to sip:+61400000002@" in "\n".join(caller.log_lines())
+            call = app.wait_call(lambda c: c["status"] == "completed", timeout_s=15)
+            assert call["end_reason"] == "transferred"
