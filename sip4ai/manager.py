@@ -446,9 +446,18 @@ class CallManager:
             reason = await conversation.run(media)
         finally:
             await conversation.aclose()
+            self._count_media(media)
         if reason is not None and call.record.status.active and not call.ending:
             call.ending = True
             await self._end(call, reason)
+
+    def _count_media(self, media: MediaStream) -> None:
+        try:
+            lost = media.stats().frames_lost
+        except Exception:  # the stream may already be gone with the leg
+            return
+        if lost:
+            self.metrics.audio_frames_lost.inc(lost)
 
     async def _limit_duration(self, call: ActiveCall) -> None:
         await asyncio.sleep(call.record.max_duration_seconds)
