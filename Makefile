@@ -5,10 +5,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := kamailio kamailio-tls-modules sip-tester tcpdump openssl
+APT_PACKAGES := kamailio kamailio-tls-modules sip-tester tcpdump openssl debootstrap \
+	systemd-container shellcheck docker-compose
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps sysdeps venv lint typecheck test test-unit test-component test-e2e demo bench binary clean
+.PHONY: all deps sysdeps venv lint typecheck test test-unit test-component test-e2e demo bench \
+	bench-startup binary clean
 
 all: test
 
@@ -19,6 +21,10 @@ sysdeps:
 	command -v tcpdump >/dev/null || missing="$$missing tcpdump"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || missing="$$missing kamailio-tls-modules"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
@@ -62,8 +68,10 @@ bench: deps
 	$(PY) -m bench.audio_hotpath
 
 binary: venv
-	$(PY) -m pip install -q pyinstaller
 	$(VENV)/bin/pyinstaller --noconfirm --clean packaging/pyinstaller.spec
+
+bench-startup: binary
+	$(PY) -m bench.startup
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache
