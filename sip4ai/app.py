@@ -60,7 +60,10 @@ class App:
         self.hold_audio: HoldAudio | None = None
         if conversation_factory == "auto":
             conversation_factory = make_conversation_factory(
-                config, http=lambda: self.http, hold_audio=lambda: self.hold_audio
+                config,
+                http=lambda: self.http,
+                hold_audio=lambda: self.hold_audio,
+                metrics=self.metrics,
             )
         self.store = CallStore(config.data_dir / "sip4ai.sqlite3")
         self.manager = CallManager(

@@ -21,6 +21,7 @@ from sip4ai.audio.transcode import Transcoder
 from sip4ai.functions import FunctionRunner
 from sip4ai.holdaudio import HoldAudio, HoldPlayer, run_with_hold
 from sip4ai.manager import CallHandle
+from sip4ai.metrics import AudioMetrics
 from sip4ai.providers.base import (
     AudioOut,
     Closed,
@@ -28,6 +29,7 @@ from sip4ai.providers.base import (
     Ready,
     ReplyDone,
     SpeechStarted,
+    SpeechStopped,
     ToolCall,
     Transcript,
 )
@@ -62,12 +64,17 @@ class AIConversation:
         *,
         functions: FunctionRunner | None = None,
         hold_audio: HoldAudio | None = None,
+        metrics: AudioMetrics | None = None,
     ) -> None:
         self._handle = handle
         self._factory = session_factory
         self._functions = functions
         self._hold_audio = hold_audio
         self._hold: HoldPlayer | None = None
+        self._metrics = metrics
+        self._started_at: float | None = None
+        self._speech_stopped_at: float | None = None
+        """Set when the caller stops speaking; cleared when the reply's first frame is sent."""
         self._spoken_replies = 0
         """Replies with audio that finished; finish_speaking waits for the next one."""
         self._session: ProviderSession | None = None
@@ -92,6 +99,7 @@ class AIConversation:
 
     def _start(self) -> ProviderSession:
         if self._session is None:
+            self._started_at = asyncio.get_running_loop().time()
             self._session = self._factory()
             name = f"call-{self._handle.record.id}"
             self._tasks.append(asyncio.create_task(self._session.run(), name=f"{name}:provider"))
@@ -140,11 +148,16 @@ class AIConversation:
             for frame in media.read():
                 if self._ready.is_set():
                     session.send_audio(to_provider.convert(frame))
+            if self._metrics is not None:
+                self._metrics.tick_late(max(0.0, loop.time() - deadline))
             for _ in range(MAX_FRAMES_PER_TICK):
                 if media.queued_ms() >= SEND_AHEAD_MS:
                     break
                 if len(playout):
                     media.write(playout.pop())
+                    if self._speech_stopped_at is not None and self._metrics is not None:
+                        self._metrics.turn_latency(loop.time() - self._speech_stopped_at)
+                        self._speech_stopped_at = None
                 elif (held := self._hold_frame()) is not None:
                     media.write(held)
                 else:
@@ -197,7 +210,10 @@ class AIConversation:
                 self._reply_finished.clear()
                 self._play(event)
             elif isinstance(event, SpeechStarted):
+                self._speech_stopped_at = None
                 self._barge_in(session)
+            elif isinstance(event, SpeechStopped):
+                self._speech_stopped_at = asyncio.get_running_loop().time()
             elif isinstance(event, ReplyDone):
                 self._reply_done()
             elif isinstance(event, Transcript):
@@ -206,6 +222,9 @@ class AIConversation:
                 self._tool_call(session, event)
             elif isinstance(event, Ready):
                 self._ready.set()
+                if self._metrics is not None and self._started_at is not None:
+                    loop_time = asyncio.get_running_loop().time()
+                    self._metrics.provider_ready(loop_time - self._started_at)
             elif isinstance(event, Closed):
                 logger.info("= call %s: provider closed: %s", self._handle.record.id, event.reason)
                 self._end_reason = self._end_reason or "provider_closed"
@@ -287,6 +306,8 @@ class AIConversation:
             await self._drained.wait()
 
     async def aclose(self) -> None:
+        if self._metrics is not None and self._playout is not None:
+            self._metrics.underruns(self._playout.underruns)
         if self._session is not None:
             with contextlib.suppress(Exception):
                 await self._session.aclose()

@@ -14,6 +14,7 @@ from sip4ai.config import Config
 from sip4ai.functions import FunctionRunner, functions_from_request, merge_functions
 from sip4ai.holdaudio import HoldAudio
 from sip4ai.manager import CallHandle, Conversation, ConversationFactory
+from sip4ai.metrics import AudioMetrics, Metrics
 from sip4ai.providers import available, create_session
 from sip4ai.providers.base import ProviderSession, SessionSettings, Tool
 
@@ -80,6 +81,7 @@ def make_conversation_factory(
     *,
     http: Callable[[], aiohttp.ClientSession | None] = lambda: None,
     hold_audio: Callable[[], HoldAudio | None] = lambda: None,
+    metrics: Metrics | None = None,
 ) -> ConversationFactory | None:
     """None when calls cannot be served at all (no provider key and no AUDIO_FILE)."""
     if config.audio_file is not None:
@@ -108,6 +110,9 @@ def make_conversation_factory(
         def session() -> ProviderSession:
             return create_session(record.provider, config, settings_for(config, record, tools))
 
-        return AIConversation(handle, session, functions=runner, hold_audio=hold_audio())
+        audio_metrics = AudioMetrics(metrics, record.provider) if metrics is not None else None
+        return AIConversation(
+            handle, session, functions=runner, hold_audio=hold_audio(), metrics=audio_metrics
+        )
 
     return ai

@@ -110,6 +110,32 @@ class Metrics:
             registry=r,
         )
 
+        self.turn_latency = Histogram(
+            "sip4ai_turn_latency_seconds",
+            "Caller stopped speaking -> first frame of the AI's reply sent to the caller.",
+            ["provider"],
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0),
+            registry=r,
+        )
+        self.provider_connect = Histogram(
+            "sip4ai_provider_connect_seconds",
+            "Start of a provider session -> session ready.",
+            ["provider"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.send_deviation = Histogram(
+            "sip4ai_audio_send_deviation_seconds",
+            "Lateness of each 20 ms audio tick of the bridge against its absolute schedule.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1),
+            registry=r,
+        )
+        self.underruns = Counter(
+            "sip4ai_audio_underruns_total",
+            "20 ms frames inside an AI reply that had no audio yet (the caller heard a gap).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -142,3 +168,24 @@ class WebhookMetrics:
 
     def backlog(self, pending: int) -> None:
         self._m.webhook_pending.set(pending)
+
+
+class AudioMetrics:
+    """What one call's audio bridge reports (the bridge never sees the registry)."""
+
+    def __init__(self, metrics: Metrics, provider: str) -> None:
+        self._m = metrics
+        self._provider = provider
+
+    def provider_ready(self, seconds: float) -> None:
+        self._m.provider_connect.labels(self._provider).observe(seconds)
+
+    def turn_latency(self, seconds: float) -> None:
+        self._m.turn_latency.labels(self._provider).observe(seconds)
+
+    def tick_late(self, seconds: float) -> None:
+        self._m.send_deviation.observe(seconds)
+
+    def underruns(self, count: int) -> None:
+        if count:
+            self._m.underruns.inc(count)

@@ -18,6 +18,7 @@ import pytest
 from sip4ai.bridge import AIConversation
 from sip4ai.calls import CallRecord, Direction, Speaker, add_transcript, new_call
 from sip4ai.config import OpenAIConfig, Secret
+from sip4ai.metrics import AudioMetrics, Metrics
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
 from testbed.mocks._ws_common import dominant_hz, tone
@@ -66,6 +67,13 @@ def session_factory(
     return make
 
 
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(
+        name, {"provider": "openai"} if labels is None else labels
+    )
+    return value or 0.0
+
+
 def frames_hz(frames: list[bytes]) -> float:
     return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), 8000)
 
@@ -76,9 +84,13 @@ def speech_pcm(ms: int, freq_hz: float = 300.0) -> bytes:
 
 @contextlib.asynccontextmanager
 async def conversation(
-    mock: OpenAIMock, handle: FakeHandle, media: PacedMedia, **kwargs: str | None
+    mock: OpenAIMock,
+    handle: FakeHandle,
+    media: PacedMedia,
+    metrics: AudioMetrics | None = None,
+    **kwargs: str | None,
 ) -> AsyncIterator[tuple[AIConversation, asyncio.Task[str | None]]]:
-    conv = AIConversation(handle, session_factory(mock, **kwargs))  # type: ignore[arg-type]
+    conv = AIConversation(handle, session_factory(mock, **kwargs), metrics=metrics)  # type: ignore[arg-type]
     await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
     task = asyncio.create_task(conv.run(media))
     try:
@@ -96,8 +108,8 @@ async def test_greeting_plays_and_transcripts_are_stored() -> None:
         transcripts=("What time is it?",),
     )
     async with running_openai_mock(script) as mock:
-        handle, media = FakeHandle(), PacedMedia()
-        async with conversation(mock, handle, media):
+        handle, media, registry = FakeHandle(), PacedMedia(), Metrics()
+        async with conversation(mock, handle, media, AudioMetrics(registry, "openai")):
             conn = await mock.wait_connection()
             session = conn.session or {}
             assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
@@ -111,6 +123,11 @@ async def test_greeting_plays_and_transcripts_are_stored() -> None:
             assert len(conn.audio_in) >= 8000  # the caller's audio reached the provider as mu-law
             second = await mock.wait_for(lambda: conn.responses[1].first_audio_at, TIMEOUT_S)
             assert second is not None
+            await until(lambda: sample(registry, "sip4ai_turn_latency_seconds_count") == 1)
+            turn_s = sample(registry, "sip4ai_turn_latency_seconds_sum")
+            assert 0.05 < turn_s < 2.0  # the mock thinks 200 ms before answering
+            assert sample(registry, "sip4ai_provider_connect_seconds_count") == 1
+            assert sample(registry, "sip4ai_audio_send_deviation_seconds_count", {}) > 20
 
 
 async def test_caller_audio_is_not_resampled_or_delayed() -> None:

@@ -29,12 +29,7 @@ DASHBOARD = PACKAGING / "grafana" / "sip4ai-dashboard.json"
 RULES = PACKAGING / "prometheus" / "sip4ai-alerts.yml"
 SCRAPE_CONFIG = PACKAGING / "prometheus" / "prometheus.yml"
 
-PROPOSED_METRICS = {
-    "sip4ai_turn_latency_seconds": "histogram, label provider",
-    "sip4ai_provider_connect_seconds": "histogram, label provider",
-    "sip4ai_audio_send_deviation_seconds": "histogram",
-    "sip4ai_audio_underruns_total": "counter",
-}
+PROPOSED_METRICS: dict[str, str] = {}
 """Used by the dashboard's latency and pacing panels, to be added to sip4ai/metrics.py.
 Remove an entry once the metric exists (test_proposed_metrics_are_still_proposed says so)."""
 
