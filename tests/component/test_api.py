@@ -319,3 +319,26 @@ async def test_metrics_count_finished_calls(client: TestClient[Any, Any], stack:
         in text
     )
     assert "sip4ai_active_calls 0.0" in text
+
+
+async def test_without_ai_calls_are_refused(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+    """No provider key and no AUDIO_FILE: outbound requests get 503, inbound calls 480."""
+    async with api_stack(tmp_path) as s:
+        s.manager.ai_available = False
+        client = await aiohttp_client(s.app)
+        resp = await client.post("/api/calls", json=CALL)
+        assert resp.status == 503
+        assert (await resp.json())["code"] == "AI_UNAVAILABLE"
+        assert s.engine is not None
+        leg = s.engine.ring_in()
+        await s.until(lambda: bool(s.engine and s.engine.rejected))
+        assert s.engine.rejected == [(leg, 480)]
+        assert s.manager.active == {}
+
+
+async def test_reserved_function_name_is_rejected(client: TestClient[Any, Any]) -> None:
+    body = CALL | {"functions": [{"name": "end_call", "webhook": "https://example.com/x"}]}
+    resp = await client.post("/api/calls", json=body)
+    assert resp.status == 400
+    payload = await resp.json()
+    assert payload["code"] == "VALIDATION_ERROR" and "functions[0].name" in payload["error"]
