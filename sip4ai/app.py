@@ -113,10 +113,26 @@ class App:
             await self.engine.start()
         if self.config.api_port:
             await self._start_api()
+        if self.engine is not None and self.config.mode == "outbound":
+            self._tasks.append(asyncio.create_task(self._outbound_task(), name="outbound-task"))
         self._tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
         status = f"{self.mode_description}; api={self.config.api_host}:{self.api_port or 'off'}"
         logger.info("= sip4ai %s started: %s", __version__, status)
         self.notifier.ready(status)
+
+    async def _outbound_task(self) -> None:
+        """Outbound mode: once registered, place the configured task call (once)."""
+        outbound = self.config.outbound
+        assert outbound.target_number is not None  # config validation requires it in this mode
+        while not self.manager.sip_registered:
+            await self.manager.registration_changed.wait()
+        record = await self.manager.create_outbound(
+            outbound.target_number,
+            task=outbound.task_description,
+            caller_id=outbound.caller_id,
+            max_duration_seconds=self.config.max_duration_seconds,
+        )
+        logger.info("> outbound mode: task call %s placed", record.id)
 
     async def _start_api(self) -> None:
         app = create_app(

@@ -154,6 +154,8 @@ class CallManager:
         self._by_leg: dict[str, ActiveCall] = {}
         self.registration = RegistrationState.UNREGISTERED
         self._listeners: list[Callable[[CallRecord, str], None]] = []
+        self.registration_changed = asyncio.Event()
+        """Pulsed on every registration state change (set, then cleared at once)."""
         self._idle = asyncio.Event()
         """Set whenever no call is active (shutdown waits on it)."""
 
@@ -374,6 +376,8 @@ class CallManager:
 
     async def _on_registration(self, event: RegistrationChanged) -> None:
         self.registration = event.state
+        self.registration_changed.set()
+        self.registration_changed.clear()
         self.metrics.sip_registered.set(1 if self.sip_registered else 0)
         if event.state is RegistrationState.FAILED:
             self.metrics.sip_registration_failures.labels(event.reason).inc()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -363,3 +366,67 @@ def test_transfer_function_sends_refer(
             assert "REFER to sip:+61400000002@" in "\n".join(caller.log_lines())
             call = app.wait_call(lambda c: c["status"] == "completed", timeout_s=15)
             assert call["end_reason"] == "transferred"
+
+
+class _ResultReceiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        return None
+
+
+def test_outbound_mode_places_the_task_call_and_reports_the_result(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory
+) -> None:
+    _ResultReceiver.bodies = []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ResultReceiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    callee_audio = turn_file(tmp_path / "callee.ulaw", silence_s=1.5, speech_s=0.8, tail_s=20.0)
+    callee = sipp.start(SippOptions("uas_answer_rtp", audio=callee_audio))
+    kamailio.set_static_route("+61400000003", callee.uri)
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            {
+                "replies": [{"text": "Hi, calling about your appointment", "duration_ms": 600}],
+                "function_calls": [
+                    {
+                        "name": "report_result",
+                        "arguments": {"confirmed": True},
+                        "after_user_turns": 1,
+                    }
+                ],
+            }
+        )
+    )
+    try:
+        with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
+            config = sip_config(kamailio) | {
+                "mode": "outbound",
+                "openai": {"base_url": base_url},
+                "outbound": {
+                    "target_number": "+61400000003",
+                    "task_description": "Confirm the appointment",
+                    "result_webhook": f"http://127.0.0.1:{receiver.server_port}/result",
+                    "hangup_on_task_complete": True,
+                },
+            }
+            with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+                call = app.wait_call(lambda c: c["status"] == "completed", timeout_s=20)
+                assert call["direction"] == "outbound" and call["target"] == "+61400000003"
+                assert call["end_reason"] == "task_complete"
+                app.wait_for(lambda: bool(_ResultReceiver.bodies), 10, "the task result")
+        (result,) = _ResultReceiver.bodies
+        assert result["event"] == "task.result" and result["call_id"] == call["id"]
+        assert result["data"]["result"] == {"confirmed": True}
+        assert callee.wait(10.0).ok  # our BYE reached the callee
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
