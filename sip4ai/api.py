@@ -20,6 +20,7 @@ from sip4ai import openapi
 from sip4ai.calls import CallRecord, CallStatus, format_uptime, iso
 from sip4ai.errors import AIUnavailable, CallNotFound, CallStateError, ConfigError, SipUnavailable
 from sip4ai.functions import functions_from_request
+from sip4ai.live import LiveEvents
 from sip4ai.manager import CallManager
 from sip4ai.metrics import CONTENT_TYPE, Metrics
 
@@ -32,6 +33,7 @@ MANAGER = web.AppKey("manager", CallManager)
 METRICS = web.AppKey("metrics", Metrics)
 TOKEN = web.AppKey("token", str)
 INFO = web.AppKey("info", dict[str, Any])
+LIVE = web.AppKey("live", LiveEvents)
 
 _CREATE_VALIDATOR = jsonschema.Draft202012Validator(openapi.CREATE_CALL_SCHEMA)
 _INJECT_VALIDATOR = jsonschema.Draft202012Validator(openapi.INJECT_SCHEMA)
@@ -235,6 +237,32 @@ async def inject(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "call_id": call_id, "status": "injected"})
 
 
+async def call_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: the call's events as they happen, until it ends."""
+    manager, live = request.app[MANAGER], request.app[LIVE]
+    call_id = request.match_info["call_id"]
+    record = await manager.get(call_id)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    snapshot = {"event": "call.state", "call_id": call_id, "data": record.to_json()}
+    await response.write(_sse(snapshot))
+    if not record.status.active:
+        return response
+    queue = live.subscribe(call_id)
+    try:
+        while (payload := await queue.get()) is not None:
+            await response.write(_sse(payload))
+    finally:
+        live.unsubscribe(call_id, queue)
+    return response
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"event: {payload['event']}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 async def not_found(request: web.Request) -> web.Response:
     raise ApiError(404, "not found")
 
@@ -242,6 +270,8 @@ async def not_found(request: web.Request) -> web.Response:
 def create_app(
     manager: CallManager, metrics_: Metrics, *, token: str | None, info: dict[str, Any]
 ) -> web.Application:
+    live = LiveEvents()
+    manager.subscribe(live.on_call_event)
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=openapi.MAX_BODY_BYTES
     )
@@ -249,6 +279,7 @@ def create_app(
     app[METRICS] = metrics_
     app[TOKEN] = token or ""
     app[INFO] = info
+    app[LIVE] = live
     r = app.router
     r.add_get("/health", health)
     r.add_get("/status", status)
@@ -259,6 +290,7 @@ def create_app(
     r.add_get("/api/calls/{call_id}", get_call)
     r.add_delete("/api/calls/{call_id}", end_call)
     r.add_post("/api/calls/{call_id}/inject", inject)
+    r.add_get("/api/calls/{call_id}/events", call_events)
     r.add_post("/call", create_call)
     r.add_post("/calls/{call_id}/inject", inject)
     return app

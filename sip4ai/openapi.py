@@ -333,6 +333,20 @@ def document() -> dict[str, Any]:
                 },
             },
             "/api/calls/{call_id}/inject": {"post": _INJECT},
+            "/api/calls/{call_id}/events": {
+                "get": {
+                    "summary": "Live call events (Server-Sent Events) until the call ends",
+                    "parameters": [_CALL_ID],
+                    "responses": {
+                        "200": {
+                            "description": "A text/event-stream: call.state, then the call's "
+                            "events (same payloads as the webhooks)",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401, 404),
+                    },
+                }
+            },
             "/call": {"post": {**_CREATE, "summary": "Create an outbound call (short form)"}},
             "/calls/{call_id}/inject": {"post": {**_INJECT, "summary": "Inject (short form)"}},
         },

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -342,3 +343,25 @@ async def test_reserved_function_name_is_rejected(client: TestClient[Any, Any]) 
     assert resp.status == 400
     payload = await resp.json()
     assert payload["code"] == "VALIDATION_ERROR" and "functions[0].name" in payload["error"]
+
+
+async def test_live_events_stream_until_the_call_ends(
+    client: TestClient[Any, Any], stack: Stack
+) -> None:
+    assert stack.engine is not None
+    call_id = await create(client)
+    await stack.until(lambda: stack.manager.active[call_id].leg_id is not None)
+    leg = stack.manager.active[call_id].leg_id
+    assert leg is not None
+    resp = await client.get(f"/api/calls/{call_id}/events")
+    assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+    stack.engine.remote_answer(leg)
+    await stack.until(lambda: stack.manager.active[call_id].record.status is CallStatus.IN_PROGRESS)
+    stack.engine.remote_end(leg, EndCause.REMOTE_HANGUP)
+    text = await asyncio.wait_for(resp.text(), 5)  # the stream closes after the final event
+    events = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert events == ["call.state", "call.answered", "call.completed"]
+    resp = await client.get(f"/api/calls/{call_id}/events")  # an ended call: snapshot only
+    assert [line for line in (await resp.text()).splitlines() if line.startswith("event:")] == [
+        "event: call.state"
+    ]
