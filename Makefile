@@ -40,7 +40,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-deps: sysdeps venv
+# promtool checks the Prometheus rules and dashboard queries; it is taken out of Debian's
+# prometheus package (installing the package itself would start a server).
+$(VENV)/bin/promtool: | sysdeps venv
+	tmp=$$(mktemp -d) && cd $$tmp && apt-get download -q prometheus >/dev/null && \
+	  dpkg-deb -x prometheus_*.deb x && install -m 0755 x/usr/bin/promtool $(CURDIR)/$@; \
+	  status=$$?; rm -rf $$tmp; exit $$status
+
+deps: sysdeps venv $(VENV)/bin/promtool
 
 lint: venv
 	$(VENV)/bin/ruff check .
