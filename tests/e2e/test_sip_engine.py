@@ -34,7 +34,6 @@ from testbed.harness.ports import free_port
 from testbed.harness.sipp import SippFactory, SippOptions
 from testbed.harness.tones import ToneLibrary
 from tests.e2e.sip_engine_kit import (
-    HOLD_RESUME_SCENARIO,
     EngineSession,
     assert_tone,
     engine_config,
@@ -286,12 +285,12 @@ async def test_dtmf_received(
 async def test_far_end_hold_and_resume(
     kamailio: Kamailio, sipp: SippFactory, tones: ToneLibrary, tmp_path: Path
 ) -> None:
-    scenario = tmp_path / "uac_hold_resume.xml"
-    scenario.write_text(HOLD_RESUME_SCENARIO)
     async with EngineSession(engine_config(kamailio)) as session:
         await session.registered()
         uac = sipp.start(
-            SippOptions(scenario, remote=kamailio.address, service="aibot", audio=tones.get(440)),
+            SippOptions(
+                "uac_hold_resume", remote=kamailio.address, service="aibot", audio=tones.get(440)
+            ),
             wait_ready=False,
         )
         ended = await session.wait(LegEnded, timeout_s=20.0)
