@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+GOODBYE_TIMEOUT_S = 5.0
+"""The longest a goodbye may take; max_duration_seconds starts it this early."""
 
 
 class Conversation(Protocol):
@@ -306,7 +308,7 @@ class CallManager:
         call.end_reason = reason
         if call.conversation is not None and call.record.status is CallStatus.IN_PROGRESS:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(call.conversation.goodbye(), timeout=5.0)
+                await asyncio.wait_for(call.conversation.goodbye(), timeout=GOODBYE_TIMEOUT_S)
         if call.leg_id is not None and self.engine is not None:
             await self.engine.hangup(call.leg_id)
             return  # the LegEnded event completes the record
@@ -464,7 +466,8 @@ class CallManager:
             self.metrics.audio_frames_lost.inc(lost)
 
     async def _limit_duration(self, call: ActiveCall) -> None:
-        await asyncio.sleep(call.record.max_duration_seconds)
+        """Start the goodbye early enough that the call is over by max_duration_seconds."""
+        await asyncio.sleep(max(0.0, call.record.max_duration_seconds - GOODBYE_TIMEOUT_S))
         if call.record.status.active and not call.ending:
             logger.info("= call %s: max_duration_seconds reached", call.record.id)
             call.ending = True

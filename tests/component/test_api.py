@@ -365,3 +365,18 @@ async def test_live_events_stream_until_the_call_ends(
     assert [line for line in (await resp.text()).splitlines() if line.startswith("event:")] == [
         "event: call.state"
     ]
+
+
+async def test_max_duration_ends_the_call_before_the_limit(stack: Stack) -> None:
+    assert stack.engine is not None
+    record = await stack.manager.create_outbound("+61400000000", task="t", max_duration_seconds=6)
+    await stack.until(lambda: stack.manager.active[record.id].leg_id is not None)
+    leg = stack.manager.active[record.id].leg_id
+    assert leg is not None
+    stack.engine.remote_answer(leg)
+    started = asyncio.get_running_loop().time()
+    await stack.until(lambda: record.id not in stack.manager.active, timeout_s=10)
+    assert asyncio.get_running_loop().time() - started < 6  # goodbye starts 5 s before the limit
+    final = await stack.manager.get(record.id)
+    assert (final.status, final.end_reason) == (CallStatus.COMPLETED, "max_duration")
+    assert stack.engine.hung_up == [leg]
