@@ -248,13 +248,6 @@ def test_runs_as_a_notify_service_with_watchdog_and_stops_cleanly(
 # ----- SIP: registration and one call through Kamailio -----
 
 
-def sip_engine_available() -> bool:
-    """sip4ai.sip.create_engine exists in the sources the binary was built from."""
-    import sip4ai.sip
-
-    return hasattr(sip4ai.sip, "create_engine")
-
-
 @dataclass
 class SipSetup:
     kamailio: Kamailio
@@ -267,8 +260,6 @@ def registered(
 ) -> Iterator[SipSetup]:
     """The binary with SIP credentials, registered to a Kamailio on loopback, in AUDIO_FILE
     mode (a 1 kHz tone WAV instead of an AI provider)."""
-    if not sip_engine_available():
-        pytest.skip("sip4ai.sip.create_engine does not exist yet (SIP engine not merged)")
     require_tools("kamailio", "sipp", "tcpdump", apt="kamailio sip-tester tcpdump")
     wav = tmp_path / "tone.wav"
     sipcall.write_tone_wav(wav)

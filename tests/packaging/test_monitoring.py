@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from testbed.harness.ports import free_port
-from tests.packaging.helpers import PACKAGING, NotifySocket, clean_env, run_checked
+from tests.packaging.helpers import PACKAGING, NotifySocket, clean_env, require, run_checked
 
 
 pytestmark = pytest.mark.component
@@ -205,8 +205,8 @@ def promtool() -> str:
     path = shutil.which("promtool") or shutil.which(
         "promtool", path=str(Path(sys.executable).parent)
     )
-    if path is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    require(path is not None, "promtool not installed (`make deps` extracts it into .venv/bin)")
+    assert path is not None
     return path
 
 
