@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sip4ai.signing import verify
 from testbed.harness.appliance import Sip4ai
 from testbed.harness.capture import CaptureFactory
 from testbed.harness.kamailio import Kamailio
@@ -430,3 +431,103 @@ def test_outbound_mode_places_the_task_call_and_reports_the_result(
     finally:
         receiver.shutdown()
         receiver.server_close()
+
+
+class _SlowFunction(http.server.BaseHTTPRequestHandler):
+    requests: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).requests.append((dict(self.headers.items()), self.rfile.read(length)))
+        time.sleep(2.0)  # a slow backend: the caller hears hold audio meanwhile
+        payload = json.dumps({"slot": "14:00"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        return None
+
+
+def test_function_call_is_signed_and_the_caller_hears_hold_audio(
+    tmp_path: Path,
+    kamailio: Kamailio,
+    sipp: SippFactory,
+    rtp_capture: CaptureFactory,
+) -> None:
+    _SlowFunction.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowFunction)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            {
+                "replies": [{"text": "Hello", "duration_ms": 400}],
+                "function_calls": [
+                    {"name": "book", "arguments": {"time": "14:00"}, "after_user_turns": 1}
+                ],
+                "function_reply": "Booked {output}",
+            }
+        )
+    )
+    talker = turn_file(tmp_path / "talker.ulaw", silence_s=1.5, speech_s=0.8, tail_s=8.0)
+    try:
+        with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
+            config = sip_config(kamailio) | {
+                "openai": {"base_url": base_url},
+                "webhooks": {"secret": "fn-secret"},
+                "functions": [
+                    {
+                        "name": "book",
+                        "description": "Book a slot",
+                        "webhook": f"http://127.0.0.1:{server.server_port}/book",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"time": {"type": "string"}},
+                            "required": ["time"],
+                        },
+                    }
+                ],
+            }
+            with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
+                app.wait_registered()
+                caller_media = free_port(udp=True, tcp=False, span=4)
+                capture = rtp_capture.start([caller_media])
+                caller = sipp.run(
+                    SippOptions(
+                        "uac_invite_rtp",
+                        remote=kamailio.address,
+                        service="aibot",
+                        audio=talker,
+                        call_duration_ms=8000,
+                        media_port=caller_media,
+                    )
+                )
+                wire = capture.stop()
+                assert caller.ok, caller.describe()
+                call = app.wait_call(lambda c: c["status"] == "completed")
+                said = [t["text"] for t in call["transcript"]]
+                assert any(t.startswith("Booked") and "14:00" in t for t in said), said
+    finally:
+        server.shutdown()
+        server.server_close()
+    (headers, raw) = _SlowFunction.requests[0]
+    body = json.loads(raw)
+    assert body["arguments"] == {"time": "14:00"} and body["call_id"] == call["id"]
+    verify(
+        "fn-secret",
+        raw,
+        headers.get("X-Sip4ai-Timestamp"),
+        headers.get("X-Sip4ai-Signature"),
+        now=time.time(),
+    )
+    # Hold audio: between the first reply and "Booked ...", the caller hears more than the
+    # silence of a waiting AI (the built-in chime), i.e. voiced frames that are not a reply tone.
+    streams = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
+    pcm = streams[0].pcm()
+    frames = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
+    window = frames[3 * 50 : 5 * 50]  # 3 s .. 5 s into the call
+    voiced = int((np.abs(window).max(axis=1) > 200).sum())
+    assert voiced >= 10, f"no hold audio while the function ran ({voiced} voiced frames)"
