@@ -80,7 +80,13 @@ class App:
         self.outbox = Outbox(
             config.data_dir / "webhooks.sqlite3",
             secret=secret.reveal() if secret else None,
-            policy=RetryPolicy(attempt_timeout_s=config.webhooks.timeout_s),
+            policy=RetryPolicy(
+                initial_backoff_s=config.webhooks.initial_backoff_s,
+                max_backoff_s=config.webhooks.max_backoff_s,
+                max_attempts=config.webhooks.max_attempts,
+                max_age_s=config.webhooks.max_age_s,
+                attempt_timeout_s=config.webhooks.timeout_s,
+            ),
             observer=WebhookMetrics(self.metrics),
         )
         self.webhooks = LifecycleWebhooks(self.outbox, default_url=config.webhooks.event_webhook)

@@ -179,6 +179,13 @@ class WebhookConfig:
     secret: Secret | None = None
     """HMAC-SHA256 key for function and event webhook signatures."""
     timeout_s: float = 10.0
+    initial_backoff_s: float = 1.0
+    """Delay before the first retry of an event; it doubles per failure (plus jitter)."""
+    max_backoff_s: float = 300.0
+    """Longest delay between two attempts of one event."""
+    max_attempts: int = 50
+    max_age_s: float = 86400.0
+    """An event still undelivered this long after it happened is given up (logged, counted)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,8 +263,14 @@ def _webhooks(s: Section) -> WebhookConfig:
         event_webhook=s.str_("event_webhook", None, pattern=HTTP_URL_PATTERN),
         secret=s.secret("secret", env=("SIP4AI_WEBHOOK_SECRET",)),
         timeout_s=s.float_("timeout_s", 10.0, minimum=0.1, maximum=120.0),
+        initial_backoff_s=s.float_("initial_backoff_s", 1.0, minimum=0.05, maximum=3600.0),
+        max_backoff_s=s.float_("max_backoff_s", 300.0, minimum=0.05, maximum=86400.0),
+        max_attempts=s.int_("max_attempts", 50, minimum=1, maximum=10000),
+        max_age_s=s.float_("max_age_s", 86400.0, minimum=60.0, maximum=30 * 86400.0),
     )
     s.finish()
+    if result.max_backoff_s < result.initial_backoff_s:
+        raise s.error("max_backoff_s", s.source, "must not be below webhooks.initial_backoff_s")
     return result
 
 

@@ -531,3 +531,82 @@ def test_function_call_is_signed_and_the_caller_hears_hold_audio(
     window = frames[3 * 50 : 5 * 50]  # 3 s .. 5 s into the call
     voiced = int((np.abs(window).max(axis=1) > 200).sum())
     assert voiced >= 10, f"no hold audio while the function ran ({voiced} voiced frames)"
+
+
+class _EventReceiver(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        type(self).received.append((self.headers["Idempotency-Key"], body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        return None
+
+
+def test_webhooks_survive_30_s_of_receiver_downtime_and_a_kill_9(
+    tmp_path: Path, kamailio: Kamailio, sipp: SippFactory, tones: ToneLibrary
+) -> None:
+    """Receiver down for 30 s; sip4ai killed with SIGKILL mid-call and started again on the
+    same data: every event arrives once, in order per call, and the orphaned call is failed."""
+    _EventReceiver.received = []
+    port = free_port(udp=False, tcp=True)
+    wav = write_tone_wav(tmp_path / "tone.wav", 1000, 1.0)
+    config = sip_config(kamailio) | {
+        "webhooks": {
+            "event_webhook": f"http://127.0.0.1:{port}/hook",
+            "initial_backoff_s": 0.5,
+            "max_backoff_s": 2.0,
+        }
+    }
+    env = {"AUDIO_FILE": str(wav)}
+    down_since = time.monotonic()
+    first = Sip4ai(tmp_path, config=config, env=env)
+    with first:
+        first.wait_registered()
+        done = sipp.run(
+            SippOptions(
+                "uac_invite_rtp",
+                remote=kamailio.address,
+                service="aibot",
+                audio=tones.get(440),
+                call_duration_ms=1000,
+            )
+        )
+        assert done.ok, done.describe()
+        completed = first.wait_call(lambda c: c["status"] == "completed")
+        long_call = sipp.start(
+            SippOptions(
+                "uac_invite_rtp",
+                remote=kamailio.address,
+                service="aibot",
+                audio=tones.get(440),
+                call_duration_ms=60000,
+            )
+        )
+        orphan = first.wait_call(lambda c: c["status"] == "in_progress")
+        first.kill()  # SIGKILL mid-call: no BYE, no shutdown, pending webhooks on disk only
+        long_call.stop()
+    second = Sip4ai(tmp_path, config=config, env=env)
+    with second:
+        assert second.call(orphan["id"])["end_reason"] == "crash"
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - down_since)))
+        receiver = http.server.ThreadingHTTPServer(("127.0.0.1", port), _EventReceiver)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        try:
+            second.wait_for(lambda: len(_EventReceiver.received) >= 6, 30, "the queued events")
+            time.sleep(1.0)  # nothing more (no duplicate) may follow
+        finally:
+            receiver.shutdown()
+            receiver.server_close()
+        assert second.stop() == 0
+    keys = [key for key, _ in _EventReceiver.received]
+    assert len(keys) == len(set(keys)), "an event was delivered twice"
+    per_call: dict[str, list[str]] = {}
+    for _, event in _EventReceiver.received:
+        per_call.setdefault(event["call_id"], []).append(event["event"])
+    assert per_call[completed["id"]] == ["call.ringing", "call.answered", "call.completed"]
+    assert per_call[orphan["id"]] == ["call.ringing", "call.answered", "call.failed"]
