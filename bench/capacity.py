@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -78,30 +77,6 @@ CALLER_TONE_HZ = 440.0
 FILE_TONE_HZ = 1000.0
 SAMPLE_PERIOD_S = 0.5
 LOUD_PEAK = 500
-
-
-class BulkCapture(PacketCapture):
-    """tcpdump for 10-20k packets/s: 256 MiB kernel buffer, 256-byte snap length (a G.711
-    RTP packet on lo is 214 bytes), no per-packet flush or immediate mode (the harness's
-    settings dropped a third of the packets at 100 calls). Timestamps are still the kernel's."""
-
-    def start(self, timeout_s: float = 5.0) -> None:
-        self.pcap_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            self.binary, "-i", self.interface, "-n", "-Z", "root", "-B", "262144", "-s", "256",
-            "-w", str(self.pcap_path), self.bpf_filter,
-        ]  # fmt: skip
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        assert self._proc.stderr is not None
-        os.set_blocking(self._proc.stderr.fileno(), False)
-        deadline = time.monotonic() + timeout_s
-        while b"listening on" not in self._stderr:
-            if self._proc.poll() is not None or time.monotonic() >= deadline:
-                self.stop()
-                raise RuntimeError(f"tcpdump did not start: {' '.join(cmd)}\n{self.stderr}")
-            self._read_stderr(0.2)
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
@@ -321,7 +296,7 @@ def run_one(mode: str, n: int, args: argparse.Namespace, base: Path) -> dict[str
         sipp = SippFactory(run_dir)
         stack.callback(sipp.close)
         media_port = free_port(udp=True, tcp=False, span=4)
-        capture = BulkCapture(run_dir / "rtp.pcap", [media_port])
+        capture = PacketCapture(run_dir / "rtp.pcap", [media_port], bulk=True)
         capture.start()
         stack.callback(lambda: capture.stop() if capture.result is None else None)
         tcpdump = getattr(capture, "_proc", None)

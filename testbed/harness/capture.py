@@ -96,9 +96,14 @@ class PacketCapture:
         interface: str = "lo",
         port_span: int = 1,
         binary: str = "tcpdump",
+        bulk: bool = False,
     ) -> None:
         """``port_span``: also capture the next ``port_span - 1`` ports after each one (4 for
-        SIPp media ports, whose video/RTCP ports follow)."""
+        SIPp media ports, whose video/RTCP ports follow).
+
+        ``bulk``: for 10-20k packets/s (load runs): a 256 MiB kernel buffer, a 256-byte snap
+        length (a G.711 RTP packet on lo is 214 bytes) and no per-packet flush. The default
+        (immediate mode, whole packets) dropped a third of the packets at 100 calls."""
         if not ports:
             raise ValueError("give at least one port: a capture of all of lo is never wanted")
         self.pcap_path = pcap_path
@@ -106,6 +111,7 @@ class PacketCapture:
         self.interface = interface
         self.port_span = port_span
         self.binary = binary
+        self.bulk = bulk
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr = b""
         self._link_type = ""
@@ -124,9 +130,12 @@ class PacketCapture:
         if self._proc is not None:
             raise RuntimeError("capture already started")
         self.pcap_path.parent.mkdir(parents=True, exist_ok=True)
+        buffering = (
+            ["-B", "262144", "-s", "256"] if self.bulk else ["-U", "--immediate-mode", "-s", "0"]
+        )
         cmd = [
-            self.binary, "-i", self.interface, "-n", "-U", "--immediate-mode", "-Z", "root",
-            "-s", "0", "-w", str(self.pcap_path), self.bpf_filter,
+            self.binary, "-i", self.interface, "-n", *buffering, "-Z", "root",
+            "-w", str(self.pcap_path), self.bpf_filter,
         ]  # fmt: skip
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

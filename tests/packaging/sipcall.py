@@ -4,17 +4,17 @@ tcpdump records what sip4ai sends back; sip4ai runs in AUDIO_FILE mode with a to
 from __future__ import annotations
 
 import math
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from testbed.harness import scenario
 from testbed.harness.capture import CaptureFactory
 from testbed.harness.ports import free_port
 from testbed.harness.rtp import RtpStream
 from testbed.harness.sipp import SippFactory, SippOptions, SippResult
-from testbed.harness.tones import ToneAnalysis, ToneLibrary, analyse_tone, tone_pcm
+from testbed.harness.tones import ToneAnalysis, ToneLibrary, analyse_tone
 
 
 AUDIO_FILE_HZ = 1000.0
@@ -23,12 +23,7 @@ CALLER_HZ = 440.0
 
 def write_tone_wav(path: Path, freq_hz: float = AUDIO_FILE_HZ, duration_s: float = 5.0) -> bytes:
     """A mono 8 kHz 16-bit WAV of one tone (what sip4ai plays in AUDIO_FILE mode)."""
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(tone_pcm(freq_hz, duration_s).astype("<i2").tobytes())
-    return path.read_bytes()
+    return scenario.write_tone_wav(path, freq_hz, duration_s, rate_hz=8000).read_bytes()
 
 
 def metric_value(metrics: str, name: str, **labels: str) -> float:
