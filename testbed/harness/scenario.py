@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.harness import g711
+from testbed.harness.appliance import Sip4ai
 from testbed.harness.kamailio import Kamailio
 from testbed.harness.ports import free_port
 from testbed.harness.tones import G711File, tone_pcm
@@ -84,3 +85,21 @@ def turn_file(path: Path, *, silence_s: float, speech_s: float, tail_s: float) -
     )
     path.write_bytes(g711.encode(pcm, "ulaw"))
     return G711File(path, "ulaw")
+
+
+@contextmanager
+def ai_appliance(
+    run_dir: Path,
+    kamailio: Kamailio,
+    *mock_args: str,
+    sip: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Iterator[Sip4ai]:
+    """The OpenAI mock (run with ``mock_args``) and sip4ai using it, registered at Kamailio."""
+    with openai_mock_process(run_dir, *mock_args) as base_url:
+        full = sip_config(kamailio, **(sip or {})) | {"openai": {"base_url": base_url}}
+        with Sip4ai(
+            run_dir, config=full | (config or {}), env={"OPENAI_API_KEY": "sk-test"}
+        ) as app:
+            app.wait_registered()
+            yield app

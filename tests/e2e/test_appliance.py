@@ -17,14 +17,50 @@ from testbed.harness.appliance import Sip4ai
 from testbed.harness.capture import CaptureFactory
 from testbed.harness.kamailio import Kamailio
 from testbed.harness.ports import free_port
-from testbed.harness.scenario import openai_mock_process, sip_config, turn_file, write_tone_wav
+from testbed.harness.rtp import RtpStream
+from testbed.harness.scenario import (
+    ai_appliance,
+    openai_mock_process,
+    sip_config,
+    turn_file,
+    write_tone_wav,
+)
 from testbed.harness.sipp import SippFactory, SippOptions
-from testbed.harness.tones import ToneLibrary, analyse_tone
+from testbed.harness.tones import G711File, ToneLibrary, analyse_tone
 
 
 pytestmark = pytest.mark.e2e
 
 CALL_MS = 3000
+
+
+def call_aibot(
+    sipp: SippFactory,
+    kamailio: Kamailio,
+    rtp_capture: CaptureFactory,
+    app: Sip4ai,
+    audio: G711File,
+    duration_ms: int,
+) -> RtpStream:
+    """A SIPp caller dials aibot, plays ``audio`` and hangs up after ``duration_ms``; returns
+    the RTP stream it received (the call must succeed and RTP must reach the caller)."""
+    caller_media = free_port(udp=True, tcp=False, span=4)
+    capture = rtp_capture.start([caller_media])
+    caller = sipp.run(
+        SippOptions(
+            "uac_invite_rtp",
+            remote=kamailio.address,
+            service="aibot",
+            audio=audio,
+            call_duration_ms=duration_ms,
+            media_port=caller_media,
+        )
+    )
+    wire = capture.stop()
+    assert caller.ok, caller.describe() + "\n" + app.log_tail()
+    streams = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
+    assert streams, "no RTP reached the caller"
+    return streams[0]
 
 
 def test_registers_and_reports_it(tmp_path: Path, kamailio: Kamailio) -> None:
@@ -58,25 +94,10 @@ def test_inbound_call_hears_audio_file_both_ways(
     wav = write_tone_wav(tmp_path / "tone.wav", 1000, 2.0)
     with Sip4ai(tmp_path, config=sip_config(kamailio), env={"AUDIO_FILE": str(wav)}) as app:
         app.wait_registered()
-        caller_media = free_port(udp=True, tcp=False, span=4)
-        capture = rtp_capture.start([caller_media])
-        caller = sipp.run(
-            SippOptions(
-                "uac_invite_rtp",
-                remote=kamailio.address,
-                service="aibot",
-                audio=tones.get(440),
-                call_duration_ms=CALL_MS,
-                media_port=caller_media,
-            )
-        )
-        wire = capture.stop()
-        assert caller.ok, caller.describe() + "\n" + app.log_tail()
-        to_caller = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
-        assert to_caller, "no RTP reached the caller"
-        tone = analyse_tone(to_caller[0].pcm()[4000:12000])
+        heard = call_aibot(sipp, kamailio, rtp_capture, app, tones.get(440), CALL_MS)
+        tone = analyse_tone(heard.pcm()[4000:12000])
         assert abs(tone.dominant_hz - 1000) < 5, tone
-        pacing = to_caller[0].pacing()
+        pacing = heard.pacing()
         assert pacing.gaps_over_60ms == 0, pacing
         call = app.wait_call(lambda c: c["status"] == "completed")
         assert call["direction"] == "inbound"
@@ -102,40 +123,19 @@ def test_inbound_call_with_openai_mock(
             }
         )
     )
-    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
-        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
-        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
-            app.wait_registered()
-            caller_media = free_port(udp=True, tcp=False, span=4)
-            capture = rtp_capture.start([caller_media])
-            caller = sipp.run(
-                SippOptions(
-                    "uac_invite_rtp",
-                    remote=kamailio.address,
-                    service="aibot",
-                    audio=turn_file(
-                        tmp_path / "turn.ulaw", silence_s=2.0, speech_s=0.8, tail_s=3.0
-                    ),
-                    call_duration_ms=5000,
-                    media_port=caller_media,
-                )
-            )
-            wire = capture.stop()
-            assert caller.ok, caller.describe() + "\n" + app.log_tail()
-            streams = [
-                s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media
-            ]
-            assert streams, "no RTP reached the caller"
-            pcm = streams[0].pcm()
-            voiced = np.flatnonzero(np.abs(pcm) > 500)
-            assert voiced.size, "the caller heard only silence"
-            greeting = analyse_tone(pcm[voiced[0] : voiced[0] + 4000])
-            assert abs(greeting.dominant_hz - 400) < 10, greeting  # the mock's first reply tone
-            call = app.wait_call(lambda c: c["status"] == "completed")
-            said = [(t["speaker"], t["text"]) for t in call["transcript"]]
-            assert ("ai", "Hello, thanks for calling") in said, said
-            assert ("user", "I would like to book a table") in said, said
-            assert app.stop() == 0
+    with ai_appliance(tmp_path, kamailio, "--script", str(script)) as app:
+        turn = turn_file(tmp_path / "turn.ulaw", silence_s=2.0, speech_s=0.8, tail_s=3.0)
+        heard = call_aibot(sipp, kamailio, rtp_capture, app, turn, 5000)
+        pcm = heard.pcm()
+        voiced = np.flatnonzero(np.abs(pcm) > 500)
+        assert voiced.size, "the caller heard only silence"
+        greeting = analyse_tone(pcm[voiced[0] : voiced[0] + 4000])
+        assert abs(greeting.dominant_hz - 400) < 10, greeting  # the mock's first reply tone
+        call = app.wait_call(lambda c: c["status"] == "completed")
+        said = [(t["speaker"], t["text"]) for t in call["transcript"]]
+        assert ("ai", "Hello, thanks for calling") in said, said
+        assert ("user", "I would like to book a table") in said, said
+        assert app.stop() == 0
 
 
 def test_outbound_call_then_delete_hangs_up(
@@ -195,39 +195,35 @@ def test_caller_cancels_while_the_ai_connects(
 ) -> None:
     script = tmp_path / "slow.json"
     script.write_text(json.dumps({"faults": {"handshake_delay_s": 5.0}}))
-    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
-        config = sip_config(kamailio, answer_timeout_s=4.0) | {"openai": {"base_url": base_url}}
-        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
-            app.wait_registered()
-            caller = sipp.run(
-                SippOptions(
-                    "uac_cancel", remote=kamailio.address, service="aibot", call_duration_ms=800
-                )
+    with ai_appliance(
+        tmp_path, kamailio, "--script", str(script), sip={"answer_timeout_s": 4.0}
+    ) as app:
+        caller = sipp.run(
+            SippOptions(
+                "uac_cancel", remote=kamailio.address, service="aibot", call_duration_ms=800
             )
-            # Kamailio may relay the 487 before its own 200 for the CANCEL; uac_cancel.xml
-            # expects the other order, so judge the caller by the 487 it received.
-            got_487 = any(k.endswith("_487_Recv") and n for k, n in caller.counts.items())
-            assert got_487, caller.describe() + "\n" + app.log_tail()
-            call = app.wait_call(lambda c: c["status"] == "failed")
-            assert call["end_reason"] == "cancelled"
-            assert app.status()["active_calls"] == 0
+        )
+        # Kamailio may relay the 487 before its own 200 for the CANCEL; uac_cancel.xml
+        # expects the other order, so judge the caller by the 487 it received.
+        got_487 = any(k.endswith("_487_Recv") and n for k, n in caller.counts.items())
+        assert got_487, caller.describe() + "\n" + app.log_tail()
+        call = app.wait_call(lambda c: c["status"] == "failed")
+        assert call["end_reason"] == "cancelled"
+        assert app.status()["active_calls"] == 0
 
 
 def test_dtmf_from_the_caller_reaches_the_ai(
     tmp_path: Path, kamailio: Kamailio, sipp: SippFactory, tones: ToneLibrary
 ) -> None:
     events = tmp_path / "mock-events.jsonl"
-    with openai_mock_process(tmp_path, "--events-log", str(events)) as base_url:
-        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
-        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
-            app.wait_registered()
-            caller = sipp.run(
-                SippOptions(
-                    "uac_dtmf_info", remote=kamailio.address, service="aibot", audio=tones.get(440)
-                )
+    with ai_appliance(tmp_path, kamailio, "--events-log", str(events)) as app:
+        caller = sipp.run(
+            SippOptions(
+                "uac_dtmf_info", remote=kamailio.address, service="aibot", audio=tones.get(440)
             )
-            assert caller.ok, caller.describe() + "\n" + app.log_tail()
-            app.wait_call(lambda c: c["status"] == "completed")
+        )
+        assert caller.ok, caller.describe() + "\n" + app.log_tail()
+        app.wait_call(lambda c: c["status"] == "completed")
     received = [json.loads(line) for line in events.read_text().splitlines()]
     items = [e for e in received if e["dir"] == "in" and e["type"] == "conversation.item.create"]
     assert len(items) == 2, items  # one context message per digit (5 and #)
@@ -249,38 +245,35 @@ def test_inject_then_delete_says_goodbye_and_hangs_up(
         )
     )
     quiet = turn_file(tmp_path / "quiet.ulaw", silence_s=30.0, speech_s=0.0, tail_s=0.0)
-    with openai_mock_process(tmp_path, "--script", str(script)) as base_url:
-        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
-        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
-            app.wait_registered()
-            caller = sipp.start(
-                SippOptions(
-                    "uac_invite_wait_bye",
-                    remote=kamailio.address,
-                    service="aibot",
-                    audio=quiet,
-                    recv_timeout_ms=20000,
-                )
+    with ai_appliance(tmp_path, kamailio, "--script", str(script)) as app:
+        caller = sipp.start(
+            SippOptions(
+                "uac_invite_wait_bye",
+                remote=kamailio.address,
+                service="aibot",
+                audio=quiet,
+                recv_timeout_ms=20000,
             )
-            call = app.wait_call(lambda c: c["status"] == "in_progress")
+        )
+        call = app.wait_call(lambda c: c["status"] == "in_progress")
 
-            def said() -> list[str]:
-                return [t["text"] for t in app.call(call["id"])["transcript"]]
+        def said() -> list[str]:
+            return [t["text"] for t in app.call(call["id"])["transcript"]]
 
-            app.wait_for(lambda: "Hello caller" in said(), 10, "the greeting")
-            code, body = app.api(
-                "POST", f"/api/calls/{call['id']}/inject", {"message": "The caller is a VIP."}
-            )
-            assert code == 200, body
-            app.wait_for(lambda: "Noted: The caller is a VIP." in said(), 10, "the injected reply")
-            code, body = app.api("DELETE", f"/api/calls/{call['id']}")
-            assert code == 200, body
-            app.wait_for(lambda: app.call(call["id"])["status"] == "completed", 15, "the end")
-            record = app.call(call["id"])
-            assert record["end_reason"] == "api_hangup"
-            assert record["transcript"][-1]["text"] == "Goodbye, thanks for calling"
-            result = caller.wait(10.0)
-            assert result.ok, result.describe()  # the caller received our BYE
+        app.wait_for(lambda: "Hello caller" in said(), 10, "the greeting")
+        code, body = app.api(
+            "POST", f"/api/calls/{call['id']}/inject", {"message": "The caller is a VIP."}
+        )
+        assert code == 200, body
+        app.wait_for(lambda: "Noted: The caller is a VIP." in said(), 10, "the injected reply")
+        code, body = app.api("DELETE", f"/api/calls/{call['id']}")
+        assert code == 200, body
+        app.wait_for(lambda: app.call(call["id"])["status"] == "completed", 15, "the end")
+        record = app.call(call["id"])
+        assert record["end_reason"] == "api_hangup"
+        assert record["transcript"][-1]["text"] == "Goodbye, thanks for calling"
+        result = caller.wait(10.0)
+        assert result.ok, result.describe()  # the caller received our BYE
 
 
 def test_barge_in_cuts_the_reply_on_the_wire(
@@ -293,29 +286,11 @@ def test_barge_in_cuts_the_reply_on_the_wire(
     script.write_text(json.dumps({"replies": [{"text": "A long greeting", "duration_ms": 6000}]}))
     events = tmp_path / "mock-events.jsonl"
     talker = turn_file(tmp_path / "talker.ulaw", silence_s=2.0, speech_s=1.0, tail_s=4.0)
-    with openai_mock_process(
-        tmp_path, "--script", str(script), "--events-log", str(events)
-    ) as base_url:
-        config = sip_config(kamailio) | {"openai": {"base_url": base_url}}
-        with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
-            app.wait_registered()
-            caller_media = free_port(udp=True, tcp=False, span=4)
-            capture = rtp_capture.start([caller_media])
-            caller = sipp.run(
-                SippOptions(
-                    "uac_invite_rtp",
-                    remote=kamailio.address,
-                    service="aibot",
-                    audio=talker,
-                    call_duration_ms=6000,
-                    media_port=caller_media,
-                )
-            )
-            wire = capture.stop()
-            assert caller.ok, caller.describe()
-    streams = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
-    assert streams, "no RTP reached the caller"
-    pcm = streams[0].pcm()
+    with ai_appliance(
+        tmp_path, kamailio, "--script", str(script), "--events-log", str(events)
+    ) as app:
+        heard = call_aibot(sipp, kamailio, rtp_capture, app, talker, 6000)
+    pcm = heard.pcm()
     frames = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
     voiced = np.flatnonzero(np.abs(frames).max(axis=1) > 500)
     assert voiced.size, "the greeting never played"
@@ -493,20 +468,7 @@ def test_function_call_is_signed_and_the_caller_hears_hold_audio(
             }
             with Sip4ai(tmp_path, config=config, env={"OPENAI_API_KEY": "sk-test"}) as app:
                 app.wait_registered()
-                caller_media = free_port(udp=True, tcp=False, span=4)
-                capture = rtp_capture.start([caller_media])
-                caller = sipp.run(
-                    SippOptions(
-                        "uac_invite_rtp",
-                        remote=kamailio.address,
-                        service="aibot",
-                        audio=talker,
-                        call_duration_ms=8000,
-                        media_port=caller_media,
-                    )
-                )
-                wire = capture.stop()
-                assert caller.ok, caller.describe()
+                heard = call_aibot(sipp, kamailio, rtp_capture, app, talker, 8000)
                 call = app.wait_call(lambda c: c["status"] == "completed")
                 said = [t["text"] for t in call["transcript"]]
                 assert any(t.startswith("Booked") and "14:00" in t for t in said), said
@@ -525,8 +487,7 @@ def test_function_call_is_signed_and_the_caller_hears_hold_audio(
     )
     # Hold audio: between the first reply and "Booked ...", the caller hears more than the
     # silence of a waiting AI (the built-in chime), i.e. voiced frames that are not a reply tone.
-    streams = [s for s in wire.rtp_streams([caller_media]) if s.key.dst_port == caller_media]
-    pcm = streams[0].pcm()
+    pcm = heard.pcm()
     frames = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
     window = frames[3 * 50 : 5 * 50]  # 3 s .. 5 s into the call
     voiced = int((np.abs(window).max(axis=1) > 200).sum())
