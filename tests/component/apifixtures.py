@@ -28,6 +28,13 @@ class Stack:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set on every persisted call change; tests wait on it instead of sleeping."""
 
+    async def leg_of(self, call_id: str) -> str:
+        """The SIP leg of an outbound call, once the manager has dialled it."""
+        await self.until(lambda: self.manager.active[call_id].leg_id is not None)
+        leg = self.manager.active[call_id].leg_id
+        assert leg is not None
+        return leg
+
     async def until(self, predicate: Callable[[], bool], timeout_s: float = 2.0) -> None:
         """Wait until ``predicate()`` holds, re-checking on every call change (bounded)."""
         async with asyncio.timeout(timeout_s):

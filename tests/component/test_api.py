@@ -144,9 +144,7 @@ async def test_unknown_route_and_method(client: TestClient[Any, Any]) -> None:
 async def test_get_call_and_lifecycle(client: TestClient[Any, Any], stack: Stack) -> None:
     assert stack.engine is not None
     call_id = await create(client)
-    await stack.until(lambda: stack.manager.active[call_id].leg_id is not None)
-    leg = stack.manager.active[call_id].leg_id
-    assert leg is not None
+    leg = await stack.leg_of(call_id)
     stack.engine.remote_ringing(leg)
     await stack.until(lambda: stack.manager.active[call_id].record.status is CallStatus.RINGING)
     stack.engine.remote_answer(leg)
@@ -176,9 +174,7 @@ async def test_busy_outbound_call_fails_with_reason(
 ) -> None:
     assert stack.engine is not None
     call_id = await create(client)
-    await stack.until(lambda: stack.manager.active[call_id].leg_id is not None)
-    leg = stack.manager.active[call_id].leg_id
-    assert leg is not None
+    leg = await stack.leg_of(call_id)
     stack.engine.remote_end(leg, EndCause.BUSY, 486)
     await stack.until(lambda: call_id not in stack.manager.active)
     body = await (await client.get(f"/api/calls/{call_id}")).json()
@@ -188,9 +184,7 @@ async def test_busy_outbound_call_fails_with_reason(
 async def test_delete_ends_call_then_409(client: TestClient[Any, Any], stack: Stack) -> None:
     assert stack.engine is not None
     call_id = await create(client)
-    await stack.until(lambda: stack.manager.active[call_id].leg_id is not None)
-    leg = stack.manager.active[call_id].leg_id
-    assert leg is not None
+    leg = await stack.leg_of(call_id)
     stack.engine.remote_answer(leg)
     await stack.until(lambda: stack.manager.active[call_id].record.status is CallStatus.IN_PROGRESS)
     resp = await client.delete(f"/api/calls/{call_id}")
@@ -350,9 +344,7 @@ async def test_live_events_stream_until_the_call_ends(
 ) -> None:
     assert stack.engine is not None
     call_id = await create(client)
-    await stack.until(lambda: stack.manager.active[call_id].leg_id is not None)
-    leg = stack.manager.active[call_id].leg_id
-    assert leg is not None
+    leg = await stack.leg_of(call_id)
     resp = await client.get(f"/api/calls/{call_id}/events")
     assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
     stack.engine.remote_answer(leg)
@@ -370,9 +362,7 @@ async def test_live_events_stream_until_the_call_ends(
 async def test_max_duration_ends_the_call_before_the_limit(stack: Stack) -> None:
     assert stack.engine is not None
     record = await stack.manager.create_outbound("+61400000000", task="t", max_duration_seconds=6)
-    await stack.until(lambda: stack.manager.active[record.id].leg_id is not None)
-    leg = stack.manager.active[record.id].leg_id
-    assert leg is not None
+    leg = await stack.leg_of(record.id)
     stack.engine.remote_answer(leg)
     started = asyncio.get_running_loop().time()
     await stack.until(lambda: record.id not in stack.manager.active, timeout_s=10)
