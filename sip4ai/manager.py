@@ -117,8 +117,6 @@ class ActiveCall:
     ending: bool = False
     end_reason: str | None = None
     """Why sip4ai is ending the call, once it decided to (API, max duration, the AI...)."""
-    answered: asyncio.Event = field(default_factory=asyncio.Event)
-    media_ready: asyncio.Event = field(default_factory=asyncio.Event)
     transfer: asyncio.Future[TransferResult] | None = None
     """Pending while a REFER sent for this call waits for its outcome."""
 
@@ -431,7 +429,6 @@ class CallManager:
         if call is None:
             return
         await self._set_status(call, CallStatus.IN_PROGRESS)
-        call.answered.set()
         if call.conversation is None and self.conversation_factory is not None:
             call.conversation = self.conversation_factory(self.handle(call))
         self._spawn(call, self._limit_duration(call), "max-duration")
@@ -441,7 +438,6 @@ class CallManager:
         if call is None or self.engine is None:
             return
         media = self.engine.media(event.leg_id)
-        call.media_ready.set()
         if call.conversation is not None and media is not None:
             self._spawn(call, self._converse(call, call.conversation, media), "conversation")
 
