@@ -45,28 +45,41 @@ def read_wav(path: Path) -> tuple[bytes, int]:
     return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), rate
 
 
+class AudioClip:
+    """The file's audio, cut into 20 ms frames once per call rate (not once per call)."""
+
+    def __init__(self, pcm: bytes, rate_hz: int) -> None:
+        self._pcm = pcm
+        self._rate_hz = rate_hz
+        self._frames: dict[int, list[bytes]] = {}
+
+    def frames(self, rate_hz: int) -> list[bytes]:
+        frames = self._frames.get(rate_hz)
+        if frames is None:
+            source = AudioFormat(Encoding.PCM16, self._rate_hz)
+            target = AudioFormat(Encoding.PCM16, rate_hz)
+            transcoder = Transcoder(source, target)
+            audio = transcoder.convert(self._pcm) + transcoder.flush()
+            size = rate_hz * FRAME_MS // 1000 * 2
+            audio += b"\0" * (-len(audio) % size)
+            frames = [audio[i : i + size] for i in range(0, len(audio), size)]
+            self._frames[rate_hz] = frames
+        return frames
+
+
 class AudioFileConversation:
     """Plays the file from the start of the call; loops, or ends the call when it is done."""
 
-    def __init__(self, pcm: bytes, rate_hz: int, *, loop: bool) -> None:
-        self._pcm = pcm
-        self._rate_hz = rate_hz
+    def __init__(self, clip: AudioClip, *, loop: bool) -> None:
+        self._clip = clip
         self._loop = loop
         self.injected: list[tuple[str, str]] = []
 
     async def prepare(self) -> None:
         return None
 
-    def _frames(self, media: MediaStream) -> list[bytes]:
-        source = AudioFormat(Encoding.PCM16, self._rate_hz)
-        target = AudioFormat(Encoding.PCM16, media.rate_hz)
-        audio = Transcoder(source, target).convert(self._pcm)
-        size = media.frame_bytes
-        audio += b"\0" * (-len(audio) % size)
-        return [audio[i : i + size] for i in range(0, len(audio), size)]
-
     async def run(self, media: MediaStream) -> str | None:
-        frames = self._frames(media)
+        frames = self._clip.frames(media.rate_hz)
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         index = 0

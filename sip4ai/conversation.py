@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from sip4ai.audiofile import AudioFileConversation, read_wav
+from sip4ai.audiofile import AudioClip, AudioFileConversation, read_wav
 from sip4ai.bridge import AIConversation
 from sip4ai.calls import CallRecord, Direction
 from sip4ai.config import Config
@@ -85,11 +85,12 @@ def make_conversation_factory(
 ) -> ConversationFactory | None:
     """None when calls cannot be served at all (no provider key and no AUDIO_FILE)."""
     if config.audio_file is not None:
-        pcm, rate_hz = read_wav(config.audio_file)
+        clip = AudioClip(*read_wav(config.audio_file))
+        clip.frames(8000)  # G.711 calls: resample at start-up, not on a call's first tick
         logger.info("= AUDIO_FILE mode: playing %s to every caller", config.audio_file)
 
         def audio_file(handle: CallHandle) -> Conversation:
-            return AudioFileConversation(pcm, rate_hz, loop=config.audio_file_loop)
+            return AudioFileConversation(clip, loop=config.audio_file_loop)
 
         return audio_file
     if not available(config.provider):

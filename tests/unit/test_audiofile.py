@@ -51,3 +51,14 @@ def test_bad_files_name_the_field(tmp_path: Path, content: bytes) -> None:
     with pytest.raises(ConfigError) as info:
         read_wav(path)
     assert info.value.field == "audio_file"
+
+
+def test_clip_is_framed_once_per_rate() -> None:
+    from sip4ai.audiofile import AudioClip
+
+    pcm = (np.sin(np.arange(16000) * 2 * np.pi * 500 / 16000) * 8000).astype("<i2").tobytes()
+    clip = AudioClip(pcm, 16000)
+    frames = clip.frames(8000)
+    assert clip.frames(8000) is frames
+    assert all(len(f) == 320 for f in frames)
+    assert len(frames) == 50  # one second at 20 ms per frame
