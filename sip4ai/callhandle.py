@@ -33,10 +33,7 @@ class ManagedCall:
         return self._call.record
 
     def _update(self, record: CallRecord, event: str) -> None:
-        """Apply at once (back-to-back updates never race); persist in the background."""
-        call = self._call
-        self._manager.spawn(call, self._manager.commit(call, record, event), "save")
-        call.record = record
+        self._manager.update(self._call, record, event)
 
     def add_transcript(self, speaker: Speaker, text: str) -> None:
         if self._call.record.status.active:

@@ -117,6 +117,8 @@ class ActiveCall:
     ending: bool = False
     end_reason: str | None = None
     """Why sip4ai is ending the call, once it decided to (API, max duration, the AI...)."""
+    saves: set[asyncio.Task[None]] = field(default_factory=set)
+    """Background persists of in-call updates; the final state waits for them, never cancels."""
     transfer: asyncio.Future[TransferResult] | None = None
     """Pending while a REFER sent for this call waits for its outcome."""
 
@@ -182,6 +184,11 @@ class CallManager:
     ) -> None:
         if call.record.status is status or not call.record.status.active:
             return
+        if not status.active and call.saves:
+            # Earlier updates (transcript segments) are persisted and announced first.
+            await asyncio.gather(*call.saves, return_exceptions=True)
+            if call.record.ended_at is not None:  # ended meanwhile by another path
+                return
         record = transition(call.record, status, self.now(), reason=reason)
         if extra:
             record = replace(record, **extra)
@@ -343,8 +350,23 @@ class CallManager:
     def spawn(self, call: ActiveCall, coro: Awaitable[Any], name: str) -> None:
         self._spawn(call, coro, name)
 
-    async def commit(self, call: ActiveCall, record: CallRecord, event: str) -> None:
-        await self._commit(call, record, event)
+    def update(self, call: ActiveCall, record: CallRecord, event: str) -> None:
+        """Apply an in-call change at once; persist and announce it in the background.
+
+        Saves always write the call's current record (records only move forward, and the
+        store's single thread keeps submission order), so a late save never rolls a call back.
+        """
+        call.record = record
+
+        async def persist() -> None:
+            await self.store.save(call.record)
+            for listener in self._listeners:
+                listener(record, event)
+
+        task = asyncio.create_task(persist(), name=f"call-{record.id}:save")
+        call.saves.add(task)
+        task.add_done_callback(call.saves.discard)
+        task.add_done_callback(self._log_task_failure)
 
     async def end_with(self, call: ActiveCall, reason: str) -> None:
         """End the call now (no goodbye of our own) with ``reason``; idempotent."""

@@ -370,3 +370,23 @@ async def test_max_duration_ends_the_call_before_the_limit(stack: Stack) -> None
     final = await stack.manager.get(record.id)
     assert (final.status, final.end_reason) == (CallStatus.COMPLETED, "max_duration")
     assert stack.engine.hung_up == [leg]
+
+
+async def test_last_transcript_segment_is_kept_and_announced_before_the_end(stack: Stack) -> None:
+    assert stack.engine is not None
+    events: list[str] = []
+    stack.manager.subscribe(lambda _record, event: events.append(event))
+    record = await stack.manager.create_outbound("+61400000000", task="t")
+    leg = await stack.leg_of(record.id)
+    stack.engine.remote_answer(leg)
+    await stack.until(
+        lambda: stack.manager.active[record.id].record.status is CallStatus.IN_PROGRESS
+    )
+    handle = stack.manager.handle(stack.manager.active[record.id])
+    handle.add_transcript("ai", "Goodbye")  # persisted in the background ...
+    stack.engine.remote_end(leg, EndCause.REMOTE_HANGUP)  # ... while the call ends
+    await stack.until(lambda: record.id not in stack.manager.active)
+    final = await stack.store.get(record.id)
+    assert final is not None and final.status is CallStatus.COMPLETED
+    assert [e.text for e in final.transcript] == ["Goodbye"]
+    assert events[-2:] == ["transcript.update", "call.completed"]
