@@ -24,24 +24,24 @@ MAX_FRAMES_PER_TICK = 3
 """Never more per tick: a stream that is not sending yet must not spin the loop."""
 
 
-def read_wav(path: Path) -> tuple[bytes, int]:
+def read_wav(path: Path, field: str = "audio_file") -> tuple[bytes, int]:
     """Mono PCM16 samples of a WAV file (8/16-bit, any rate, channels mixed down) and its rate."""
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             raw = wav.readframes(wav.getnframes())
     except (OSError, EOFError, wave.Error) as exc:
-        raise ConfigError("audio_file", str(path), f"not a readable WAV file: {exc}") from None
+        raise ConfigError(field, str(path), f"not a readable WAV file: {exc}") from None
     if width == 2:
         samples = np.frombuffer(raw, dtype="<i2").astype(np.int32)
     elif width == 1:
         samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.int32) - 128) << 8
     else:
-        raise ConfigError("audio_file", str(path), f"{width * 8}-bit WAV is not supported")
+        raise ConfigError(field, str(path), f"{width * 8}-bit WAV is not supported")
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int32)
     if samples.size == 0:
-        raise ConfigError("audio_file", str(path), "the WAV file has no audio")
+        raise ConfigError(field, str(path), "the WAV file has no audio")
     return np.clip(samples, -32768, 32767).astype("<i2").tobytes(), rate
 
 

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sip4ai.audio.chunker import FrameChunker
 from sip4ai.audio.formats import FRAME_MS, AudioFormat, Encoding
 from sip4ai.audio.playout import PlayoutBuffer
 from sip4ai.audio.transcode import Transcoder
+from sip4ai.failover import FAILED_REASON, ClipPlayer, LastResort, ProviderOption, failed
 from sip4ai.functions import FunctionRunner
 from sip4ai.holdaudio import HoldAudio, HoldPlayer, run_with_hold
 from sip4ai.manager import CallHandle
@@ -54,7 +55,8 @@ class AIConversation:
 
     The session starts in ``prepare()`` (before an inbound call is answered) or in ``run()``.
     Provider audio that arrives before the call's media is up (the greeting) is kept and played
-    as soon as it is.
+    as soon as it is. When the session fails (see failover.py) the call moves to the next of
+    ``fallbacks``, and when none is left to ``last_resort``.
     """
 
     def __init__(
@@ -65,9 +67,19 @@ class AIConversation:
         functions: FunctionRunner | None = None,
         hold_audio: HoldAudio | None = None,
         metrics: AudioMetrics | None = None,
+        fallbacks: Sequence[ProviderOption] = (),
+        last_resort: LastResort | None = None,
     ) -> None:
         self._handle = handle
         self._factory = session_factory
+        self._fallbacks = list(fallbacks)
+        self._last_resort = last_resort
+        self._clip: ClipPlayer | None = None
+        self._playing_last_resort = False
+        self._ending = False
+        """Set once the call is being closed: a session closing now is not a failure."""
+        self._serving = asyncio.Event()
+        """Set when something can talk to the caller: a ready session or the last resort."""
         self._functions = functions
         self._hold_audio = hold_audio
         self._hold: HoldPlayer | None = None
@@ -89,6 +101,7 @@ class AIConversation:
         self._media: MediaStream | None = None
         self._playout: PlayoutBuffer | None = None
         self._from_provider: Transcoder | None = None
+        self._to_provider: Transcoder | None = None
         self._chunker: FrameChunker | None = None
         self._current_item: str | None = None
         self._end_reason: str | None = None
@@ -100,36 +113,45 @@ class AIConversation:
 
     def _start(self) -> ProviderSession:
         if self._session is None:
-            self._started_at = asyncio.get_running_loop().time()
-            self._session = self._factory()
-            name = f"call-{self._handle.record.id}"
-            self._tasks.append(asyncio.create_task(self._session.run(), name=f"{name}:provider"))
-            self._tasks.append(asyncio.create_task(self._listen(self._session), name=f"{name}:ai"))
+            self._handle.switch_provider(self._handle.record.provider, None)
+            self._session = self._launch(self._factory)
+            self._tasks.append(
+                asyncio.create_task(self._listen(self._session), name=self._task_name("ai"))
+            )
         return self._session
+
+    def _task_name(self, part: str) -> str:
+        return f"call-{self._handle.record.id}:{part}"
+
+    def _launch(self, factory: Callable[[], ProviderSession]) -> ProviderSession:
+        self._started_at = asyncio.get_running_loop().time()
+        session = factory()
+        self._tasks.append(asyncio.create_task(session.run(), name=self._task_name("provider")))
+        return session
 
     async def prepare(self) -> None:
         self._start()
-        ready = asyncio.create_task(self._ready.wait())
+        serving = asyncio.create_task(self._serving.wait())
         closed = asyncio.create_task(self._closed.wait())
         try:
-            await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            ready.cancel()
+            serving.cancel()
             closed.cancel()
 
     async def run(self, media: MediaStream) -> str | None:
         session = self._start()
         media_format = AudioFormat(Encoding.PCM16, media.rate_hz)
-        caps = session.capabilities
         self._media = media
         self._playout = PlayoutBuffer(media_format)
-        self._from_provider = Transcoder(caps.output_format, media_format)
         self._chunker = FrameChunker.for_format(media_format)
+        self._use_formats(session)
+        if self._playing_last_resort and self._last_resort is not None and self._clip is None:
+            self._clip = ClipPlayer(self._last_resort, media.rate_hz)  # began before the answer
         early, self._early_audio = self._early_audio, []
         for event in early:
             self._play(event)
-        to_provider = Transcoder(media_format, caps.input_format)
-        pacer = asyncio.create_task(self._pace(media, session, to_provider), name="pacer")
+        pacer = asyncio.create_task(self._pace(media), name="pacer")
         self._pacing = True
         try:
             await self._closed.wait()
@@ -139,16 +161,25 @@ class AIConversation:
                 await pacer
         return self._end_reason
 
-    async def _pace(
-        self, media: MediaStream, session: ProviderSession, to_provider: Transcoder
-    ) -> None:
+    def _use_formats(self, session: ProviderSession) -> None:
+        """Transcoders for the session's formats (read again when it is Ready: some providers
+        only learn their formats during setup, and a failover brings other formats)."""
+        if self._media is None:
+            return
+        media_format = AudioFormat(Encoding.PCM16, self._media.rate_hz)
+        caps = session.capabilities
+        self._from_provider = Transcoder(caps.output_format, media_format)
+        self._to_provider = Transcoder(media_format, caps.input_format)
+
+    async def _pace(self, media: MediaStream) -> None:
         loop = asyncio.get_running_loop()
         playout = self._playout
         assert playout is not None
         deadline = loop.time()
         while True:
             for frame in media.read():
-                if self._ready.is_set():
+                session, to_provider = self._session, self._to_provider
+                if self._ready.is_set() and session is not None and to_provider is not None:
                     session.send_audio(to_provider.convert(frame))
             if self._metrics is not None:
                 self._metrics.tick_late(max(0.0, loop.time() - deadline))
@@ -172,10 +203,15 @@ class AIConversation:
                     self._speech_stopped_at = None
             elif (held := self._hold_frame()) is not None:
                 media.write(held)
+            elif self._clip is not None and (recorded := self._clip.next_frame()) is not None:
+                media.write(recorded)
             else:
                 break
         if not len(playout) and media.queued_ms() == 0:
             self._drained.set()
+            if self._clip is not None and self._clip.finished:
+                self._end_reason = self._end_reason or FAILED_REASON
+                self._closed.set()
 
     def _hold_frame(self) -> bytes | None:
         hold = self._hold
@@ -215,6 +251,66 @@ class AIConversation:
             playout.mark_end_of_reply()
 
     async def _listen(self, session: ProviderSession) -> None:
+        while True:
+            closed = await self._consume(session)
+            if self._ending or closed is None or not failed(closed, was_ready=self._ready.is_set()):
+                break
+            following = self._fail_over(closed)
+            if following is None:
+                if self._start_last_resort(closed):
+                    return  # the pacer ends the call when the recording has been played
+                break
+            session = following
+        if not self._ending:
+            self._end_reason = self._end_reason or "provider_closed"
+        self._reply_finished.set()
+        self._closed.set()
+
+    def _fail_over(self, closed: Closed) -> ProviderSession | None:
+        """Start the next provider for this call, or None when there is none."""
+        if not self._fallbacks:
+            return None
+        option = self._fallbacks.pop(0)
+        logger.warning(
+            "! call %s: provider failed (%s); the call continues on %s",
+            self._handle.record.id,
+            closed.reason,
+            option.name,
+        )
+        self._handle.switch_provider(option.name, closed.reason)
+        if self._metrics is not None:
+            self._metrics.failover(option.name)
+        self._ready.clear()
+        self._current_item = None
+        self._reply_finished.set()
+        self._session = self._launch(option.start)
+        return self._session
+
+    def _start_last_resort(self, closed: Closed) -> bool:
+        resort = self._last_resort
+        if resort is None:
+            return False
+        logger.warning(
+            "! call %s: no AI provider is left (%s); playing the %s",
+            self._handle.record.id,
+            closed.reason,
+            resort.name,
+        )
+        self._handle.switch_provider(resort.name, closed.reason)
+        if self._metrics is not None:
+            self._metrics.failover(resort.name)
+        if resort.text:
+            self._handle.add_transcript("ai", resort.text)
+        self._playing_last_resort = True
+        self._ready.clear()
+        self._reply_finished.set()
+        if self._media is not None:
+            self._clip = ClipPlayer(resort, self._media.rate_hz)
+        self._serving.set()
+        return True
+
+    async def _consume(self, session: ProviderSession) -> Closed | None:
+        """Handle one session's events until it closes; returns how it closed."""
         async for event in session.events():
             if isinstance(event, AudioOut):
                 self._reply_finished.clear()
@@ -231,16 +327,18 @@ class AIConversation:
             elif isinstance(event, ToolCall):
                 self._tool_call(session, event)
             elif isinstance(event, Ready):
+                if self._ready.is_set():
+                    continue
+                self._use_formats(session)
                 self._ready.set()
+                self._serving.set()
                 if self._metrics is not None and self._started_at is not None:
                     loop_time = asyncio.get_running_loop().time()
                     self._metrics.provider_ready(loop_time - self._started_at)
             elif isinstance(event, Closed):
                 logger.info("= call %s: provider closed: %s", self._handle.record.id, event.reason)
-                self._end_reason = self._end_reason or "provider_closed"
-                break
-        self._reply_finished.set()
-        self._closed.set()
+                return event
+        return None
 
     def _barge_in(self, session: ProviderSession) -> None:
         self.barge_ins += 1
@@ -295,6 +393,7 @@ class AIConversation:
 
     async def goodbye(self) -> None:
         """Ask for a goodbye, then wait until it has been played out (bounded by the caller)."""
+        self._ending = True  # a provider failing now does not move the call on
         if self._session is None or not self._ready.is_set():
             return
         self._reply_finished.clear()
@@ -316,6 +415,7 @@ class AIConversation:
             await self._drained.wait()
 
     async def aclose(self) -> None:
+        self._ending = True
         if self._metrics is not None and self._playout is not None:
             self._metrics.underruns(self._playout.underruns)
         if self._session is not None:

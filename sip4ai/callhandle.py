@@ -9,7 +9,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sip4ai.calls import CallRecord, FunctionCallRecord, Speaker, add_function_call, add_transcript
+from sip4ai.calls import (
+    CallRecord,
+    FunctionCallRecord,
+    Speaker,
+    add_function_call,
+    add_transcript,
+    switch_provider,
+)
 from sip4ai.functions import TransferOutcome
 from sip4ai.manager import ActiveCall, CallManager
 from sip4ai.sip.interface import EndCause
@@ -45,6 +52,11 @@ class ManagedCall:
     def record_function_call(self, call: FunctionCallRecord) -> None:
         if self._call.record.status.active:
             self._update(add_function_call(self._call.record, call), "function.called")
+
+    def switch_provider(self, provider: str, reason: str | None) -> None:
+        if self._call.record.status.active:
+            record = switch_provider(self._call.record, provider, reason, self._manager.now())
+            self._update(record, "call.provider")
 
     def end_call(self, reason: str | None) -> None:
         self._manager.spawn(self._call, self._end_after_reply(reason or "ai_ended"), "end")

@@ -88,6 +88,36 @@ class FunctionCallRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderSegment:
+    """One provider's part of a call (several when failover moved the call on)."""
+
+    provider: str
+    started: float
+    """Seconds since the call was answered (or created), like transcript timestamps."""
+    ended: float | None = None
+    end_reason: str | None = None
+    """Why this provider stopped serving the call (None while it does)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "started": round(self.started, 2),
+            "ended": None if self.ended is None else round(self.ended, 2),
+            "end_reason": self.end_reason,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ProviderSegment:
+        ended = raw.get("ended")
+        return cls(
+            str(raw["provider"]),
+            float(raw["started"]),
+            None if ended is None else float(ended),
+            raw.get("end_reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     id: str
     direction: Direction
@@ -110,6 +140,8 @@ class CallRecord:
     """Per-call function definitions from POST /api/calls, as validated JSON objects."""
     sip_status: int | None = None
     """The SIP final response code of a failed outbound attempt (486, 404...)."""
+    providers: tuple[ProviderSegment, ...] = ()
+    """Who served the call, in order ("provider" is the one it started with)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,6 +175,7 @@ class CallRecord:
             "created_at": iso(self.created_at),
             "ended_at": iso(self.ended_at),
             "end_reason": self.end_reason,
+            "providers": [segment.to_json() for segment in self.providers],
         }
 
 
@@ -184,6 +217,19 @@ def transition(
 def add_transcript(record: CallRecord, speaker: Speaker, text: str, now: datetime) -> CallRecord:
     entry = TranscriptEntry(speaker, text, record.clock_offset(now))
     return replace(record, transcript=(*record.transcript, entry))
+
+
+def switch_provider(
+    record: CallRecord, provider: str | None, reason: str | None, now: datetime
+) -> CallRecord:
+    """Close the serving provider's segment with ``reason``; open one for ``provider``."""
+    offset = record.clock_offset(now)
+    segments = list(record.providers)
+    if segments and segments[-1].ended is None:
+        segments[-1] = replace(segments[-1], ended=offset, end_reason=reason)
+    if provider is not None:
+        segments.append(ProviderSegment(provider, offset))
+    return replace(record, providers=tuple(segments))
 
 
 def add_function_call(record: CallRecord, call: FunctionCallRecord) -> CallRecord:

@@ -204,6 +204,8 @@ class Config:
     sip: SipConfig = SipConfig()
     openai: OpenAIConfig = OpenAIConfig()
     elevenlabs: ElevenLabsConfig = ElevenLabsConfig()
+    fallback_audio_file: Path | None = None
+    """Played (like AUDIO_FILE) when the provider and every fallback provider have failed."""
     gemini: GeminiConfig = GeminiConfig()
     deepgram: DeepgramConfig = DeepgramConfig()
     cartesia: CartesiaConfig = CartesiaConfig()
@@ -222,6 +224,18 @@ class Config:
 def default_data_dir(environ: Mapping[str, str]) -> Path:
     """systemd StateDirectory as a service; /var/lib/sip4ai when installed; else ./data."""
     state = environ.get("STATE_DIRECTORY")
+    def provider_configured(self, name: str) -> str | None:
+        """None when ``name`` can serve calls; else what is missing, for a log line."""
+        if name == "elevenlabs":
+            # A public agent needs no key; a private one is reached through a signed URL.
+            return None if self.elevenlabs.agent_id else "elevenlabs.agent_id"
+        if name == "cartesia":
+            for section in ("cartesia", "deepgram", "openai"):
+                if self.provider_key(section) is None:
+                    return f"{section}.api_key (the Cartesia pipeline uses it)"
+            return None
+        return None if self.provider_key(name) is not None else f"{name}.api_key"
+
     if state:
         return Path(state.split(":")[0])
     installed = Path("/var/lib/sip4ai")

@@ -46,6 +46,7 @@ def parse_config(root: Section, environ: Mapping[str, str], used_file: Path | No
         fallback.append(name)
     data_dir = root.str_("data_dir", None, env=("SIP4AI_DATA_DIR",))
     audio_file = root.str_("audio_file", None, env=("AUDIO_FILE",))
+    fallback_audio_file = root.str_("fallback_audio_file", None)
     config = Config(
         mode=cast(Any, mode),
         api_host=root.required_str("api_host", "127.0.0.1", env=("API_HOST",)),
@@ -65,6 +66,7 @@ def parse_config(root: Section, environ: Mapping[str, str], used_file: Path | No
         ),
         audio_file=Path(audio_file) if audio_file else None,
         audio_file_loop=root.bool_("audio_file_loop", True),
+        fallback_audio_file=Path(fallback_audio_file) if fallback_audio_file else None,
         max_duration_seconds=root.int_("max_duration_seconds", 300, minimum=10, maximum=86400),
         sip=_sip(root.section("sip"), environ),
         openai=_openai(root.section("openai")),
@@ -83,6 +85,11 @@ def parse_config(root: Section, environ: Mapping[str, str], used_file: Path | No
     if config.audio_file is not None and not config.audio_file.is_file():
         src = "env AUDIO_FILE" if environ.get("AUDIO_FILE") else root.source
         raise ConfigError("audio_file", src, f"{config.audio_file} is not a readable file")
+    fallback_file = config.fallback_audio_file
+    if fallback_file is not None and not fallback_file.is_file():
+        raise ConfigError(
+            "fallback_audio_file", root.source, f"{fallback_file} is not a readable file"
+        )
     return config
 
 

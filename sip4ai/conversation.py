@@ -11,6 +11,7 @@ from sip4ai.audiofile import AudioClip, AudioFileConversation, read_wav
 from sip4ai.bridge import AIConversation
 from sip4ai.calls import CallRecord, Direction
 from sip4ai.config import Config
+from sip4ai.failover import LastResort, ProviderOption, apology, audio_file
 from sip4ai.functions import FunctionRunner, functions_from_request, merge_functions
 from sip4ai.holdaudio import HoldAudio
 from sip4ai.manager import CallHandle, Conversation, ConversationFactory
@@ -22,6 +23,10 @@ from sip4ai.providers.base import ProviderSession, SessionSettings, Tool
 logger = logging.getLogger(__name__)
 
 INBOUND_GREETING = "Greet the caller briefly and ask how you can help."
+TAKEOVER_GREETING = (
+    "Tell the caller in one short sentence that you are back, then continue where the "
+    "conversation left off."
+)
 
 
 def provider_greeting(config: Config, provider: str) -> str | None:
@@ -40,10 +45,20 @@ def provider_instructions(config: Config, provider: str) -> str:
 
 
 def settings_for(
-    config: Config, record: CallRecord, tools: tuple[Tool, ...] = ()
+    config: Config,
+    record: CallRecord,
+    tools: tuple[Tool, ...] = (),
+    *,
+    provider: str | None = None,
+    takeover: bool = False,
 ) -> SessionSettings:
-    """The provider settings for one call: config, plus the API request's task and instructions."""
-    parts = [provider_instructions(config, record.provider)]
+    """The provider settings for one call: config, plus the API request's task and instructions.
+
+    ``takeover``: ``provider`` continues a call another provider was serving (failover); it is
+    told what has been said so far and greets the caller accordingly.
+    """
+    provider = provider or record.provider
+    parts = [provider_instructions(config, provider)]
     task = record.task
     if task is None and record.direction is Direction.OUTBOUND:
         task = config.outbound.task_description
@@ -51,7 +66,19 @@ def settings_for(
         parts.append(f"You placed this call. Your task: {task}")
     if record.instructions:
         parts.append(record.instructions)
-    greeting = provider_greeting(config, record.provider)
+    if takeover:
+        said = "\n".join(
+            f"{'Caller' if entry.speaker == 'user' else 'You'}: {entry.text}"
+            for entry in record.transcript
+        )
+        parts.append(
+            "This call is already in progress: the assistant serving it was disconnected and "
+            "you take over." + (f" The conversation so far:\n{said}" if said else "")
+        )
+        return SessionSettings(
+            instructions="\n\n".join(parts), greeting=TAKEOVER_GREETING, tools=tools
+        )
+    greeting = provider_greeting(config, provider)
     if greeting:
         opener = f"Start the conversation by saying: {greeting}"
     elif record.direction is Direction.INBOUND:
@@ -74,6 +101,26 @@ def function_runner(
         secret=secret.reveal() if secret else None,
         task_call=record.direction is Direction.OUTBOUND and bool(record.task),
     )
+
+
+def usable_fallbacks(config: Config, primary: str) -> list[str]:
+    """``fallback_providers`` that can serve calls in this build and configuration."""
+    usable: list[str] = []
+    for name in config.fallback_providers:
+        missing = config.provider_configured(name)
+        if name == primary or name in usable:
+            continue
+        if not available(name) or missing is not None:
+            logger.warning("! fallback provider %s is not usable: %s", name, missing or "no build")
+            continue
+        usable.append(name)
+    return usable
+
+
+def last_resort(config: Config) -> LastResort:
+    if config.fallback_audio_file is not None:
+        return audio_file(config.fallback_audio_file, loop=config.audio_file_loop)
+    return apology()
 
 
 def make_conversation_factory(
@@ -102,6 +149,9 @@ def make_conversation_factory(
         )
         return None
 
+    resort = last_resort(config)
+    fallbacks = usable_fallbacks(config, config.provider)
+
     def ai(handle: CallHandle) -> Conversation:
         record = handle.record
         client = http()
@@ -111,9 +161,22 @@ def make_conversation_factory(
         def session() -> ProviderSession:
             return create_session(record.provider, config, settings_for(config, record, tools))
 
+        def takeover(name: str) -> ProviderOption:
+            def start() -> ProviderSession:
+                settings = settings_for(config, handle.record, tools, provider=name, takeover=True)
+                return create_session(name, config, settings)
+
+            return ProviderOption(name, start)
+
         audio_metrics = AudioMetrics(metrics, record.provider) if metrics is not None else None
         return AIConversation(
-            handle, session, functions=runner, hold_audio=hold_audio(), metrics=audio_metrics
+            handle,
+            session,
+            functions=runner,
+            hold_audio=hold_audio(),
+            metrics=audio_metrics,
+            fallbacks=[takeover(name) for name in fallbacks if name != record.provider],
+            last_resort=resort,
         )
 
     return ai

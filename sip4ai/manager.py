@@ -93,6 +93,10 @@ class CallHandle(Protocol):
 
     def record_function_call(self, call: FunctionCallRecord) -> None: ...
 
+    def switch_provider(self, provider: str, reason: str | None) -> None:
+        """``provider`` serves the call from now on (``reason``: why the last one stopped)."""
+        ...
+
     def end_call(self, reason: str | None) -> None:
         """End the call once the AI's current reply has been heard (returns at once)."""
         ...

@@ -124,6 +124,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
             registry=r,
         )
+        self.provider_failovers = Counter(
+            "sip4ai_provider_failovers",
+            "Calls moved off a failed provider, by the provider that failed and what took over.",
+            ["provider", "to"],
+            registry=r,
+        )
         self.send_deviation = Histogram(
             "sip4ai_audio_send_deviation_seconds",
             "Lateness of each 20 ms audio tick of the bridge against its absolute schedule.",
@@ -182,6 +188,11 @@ class AudioMetrics:
 
     def turn_latency(self, seconds: float) -> None:
         self._m.turn_latency.labels(self._provider).observe(seconds)
+
+    def failover(self, to: str) -> None:
+        """The call moves from this provider to ``to`` (a provider, audio_file or apology)."""
+        self._m.provider_failovers.labels(self._provider, to).inc()
+        self._provider = to
 
     def tick_late(self, seconds: float) -> None:
         self._m.send_deviation.observe(seconds)

@@ -116,6 +116,25 @@ _CALL = {
         "created_at": {"type": "string", "format": "date-time"},
         "ended_at": {"type": ["string", "null"], "format": "date-time"},
         "end_reason": {"type": ["string", "null"]},
+        "providers": {
+            "type": "array",
+            "description": "Who served the call, in order (more than one after a failover).",
+            "items": {"$ref": "#/components/schemas/ProviderSegment"},
+        },
+    },
+}
+
+_PROVIDER_SEGMENT = {
+    "type": "object",
+    "required": ["provider", "started", "ended", "end_reason"],
+    "properties": {
+        "provider": {
+            "type": "string",
+            "description": "A provider name, or audio_file / apology when none was left.",
+        },
+        "started": {"type": "number", "description": "Seconds since the call was answered."},
+        "ended": {"type": ["number", "null"], "description": "null: until the call ended."},
+        "end_reason": {"type": ["string", "null"], "description": "Why it stopped serving."},
     },
 }
 
@@ -183,6 +202,7 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": _ERROR,
                 "TranscriptEntry": _TRANSCRIPT_ENTRY,
+                "ProviderSegment": _PROVIDER_SEGMENT,
                 "Call": _CALL,
                 "CreateCall": CREATE_CALL_SCHEMA,
                 "Inject": INJECT_SCHEMA,

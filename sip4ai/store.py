@@ -21,6 +21,7 @@ from sip4ai.calls import (
     CallStatus,
     Direction,
     FunctionCallRecord,
+    ProviderSegment,
     TranscriptEntry,
     transition,
 )
@@ -77,6 +78,7 @@ def _row(record: CallRecord) -> tuple[Any, ...]:
         "event_webhook": record.event_webhook,
         "functions": list(record.functions),
         "extra": dict(record.extra),
+        "providers": [segment.to_json() for segment in record.providers],
     }
     return (
         record.id,
@@ -125,6 +127,7 @@ def _record(row: sqlite3.Row) -> CallRecord:
         event_webhook=details.get("event_webhook"),
         functions=tuple(details.get("functions", ())),
         extra=details.get("extra", {}),
+        providers=tuple(ProviderSegment.from_json(p) for p in details.get("providers", ())),
     )
 
 

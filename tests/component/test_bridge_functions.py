@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -17,17 +16,8 @@ import pytest
 from aiohttp import web
 
 from sip4ai.bridge import AIConversation
-from sip4ai.calls import (
-    CallRecord,
-    Direction,
-    FunctionCallRecord,
-    Speaker,
-    add_function_call,
-    add_transcript,
-    new_call,
-)
 from sip4ai.config import FunctionConfig, OpenAIConfig, Secret
-from sip4ai.functions import FunctionRunner, TransferOutcome
+from sip4ai.functions import FunctionRunner
 from sip4ai.holdaudio import HoldAudio
 from sip4ai.providers.base import SessionSettings
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
@@ -35,6 +25,7 @@ from sip4ai.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from testbed.mocks._openai_script import FunctionCallSpec
 from testbed.mocks.mock_openai import Reply, Script, running_openai_mock
 from tests.component.test_bridge_openai import speech_pcm, until
+from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
@@ -43,35 +34,7 @@ pytestmark = pytest.mark.component
 SECRET = "fn-secret"
 
 
-@dataclass
-class Handle:
-    record: CallRecord = field(
-        default_factory=lambda: new_call(
-            direction=Direction.INBOUND,
-            target="+61400000001",
-            provider="openai",
-            now=datetime.now(UTC),
-        )
-    )
-    ended: list[str | None] = field(default_factory=list)
-
-    def add_transcript(self, speaker: Speaker, text: str) -> None:
-        self.record = add_transcript(self.record, speaker, text, datetime.now(UTC))
-
-    def record_function_call(self, call: FunctionCallRecord) -> None:
-        self.record = add_function_call(self.record, call)
-
-    def end_call(self, reason: str | None) -> None:
-        self.ended.append(reason)
-
-    async def send_dtmf(self, digits: str) -> None:
-        return None
-
-    async def transfer(self, target: str) -> TransferOutcome:
-        return TransferOutcome(False, None, "not in this test")
-
-    def report_result(self, result: Mapping[str, Any]) -> None:
-        return None
+Handle = FakeHandle
 
 
 @dataclass

@@ -9,20 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from sip4ai.bridge import AIConversation
-from sip4ai.calls import CallRecord, Direction, Speaker, add_transcript, new_call
 from sip4ai.config import OpenAIConfig, Secret
 from sip4ai.metrics import AudioMetrics, Metrics
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
 from testbed.mocks._ws_common import dominant_hz, tone
 from testbed.mocks.mock_openai import OpenAIMock, Reply, Script, running_openai_mock
+from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
@@ -36,24 +34,6 @@ async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
             await asyncio.sleep(0.02)
-
-
-@dataclass
-class FakeHandle:
-    record: CallRecord = field(
-        default_factory=lambda: new_call(
-            direction=Direction.INBOUND,
-            target="+61400000001",
-            provider="openai",
-            now=datetime.now(UTC),
-        )
-    )
-
-    def add_transcript(self, speaker: Speaker, text: str) -> None:
-        self.record = add_transcript(self.record, speaker, text, datetime.now(UTC))
-
-    def said(self, speaker: Speaker) -> list[str]:
-        return [e.text for e in self.record.transcript if e.speaker == speaker]
 
 
 def session_factory(

@@ -13,6 +13,7 @@ from sip4ai.calls import (
     add_function_call,
     add_transcript,
     new_call,
+    switch_provider,
     transition,
 )
 from sip4ai.manager import CallManager
@@ -41,6 +42,8 @@ async def test_records_survive_a_restart(tmp_path: Path) -> None:
     record = add_transcript(record, "ai", "Hello", T0 + timedelta(seconds=2.5))
     record = add_transcript(record, "user", "Hi", T0 + timedelta(seconds=4))
     record = add_function_call(record, FunctionCallRecord("f", {"a": 1}, {"ok": True}))
+    record = switch_provider(record, "openai", None, T0 + timedelta(seconds=2))
+    record = switch_provider(record, "gemini", "openai: 1011", T0 + timedelta(seconds=30))
     record = transition(
         record, CallStatus.COMPLETED, T0 + timedelta(seconds=62), reason="remote_hangup"
     )

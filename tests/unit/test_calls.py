@@ -8,11 +8,13 @@ from sip4ai.calls import (
     TRANSITIONS,
     CallStatus,
     Direction,
+    ProviderSegment,
     add_transcript,
     format_uptime,
     is_e164,
     iso,
     new_call,
+    switch_provider,
     transition,
 )
 from sip4ai.errors import InvalidTransition
@@ -102,3 +104,18 @@ def test_final_states_have_no_exit() -> None:
     assert TRANSITIONS[CallStatus.COMPLETED] == frozenset()
     assert TRANSITIONS[CallStatus.FAILED] == frozenset()
     assert all(s.active for s in TRANSITIONS if TRANSITIONS[s])
+
+
+def test_failover_closes_the_serving_segment_and_opens_the_next() -> None:
+    record = new_call(direction=Direction.INBOUND, target="+61400000001", provider="openai", now=T0)
+    record = transition(record, CallStatus.IN_PROGRESS, T0)
+    record = switch_provider(record, "openai", None, T0)
+    record = switch_provider(record, "gemini", "openai: 1011", T0 + timedelta(seconds=12.345))
+    assert record.to_json()["providers"] == [
+        {"provider": "openai", "started": 0.0, "ended": 12.35, "end_reason": "openai: 1011"},
+        {"provider": "gemini", "started": 12.35, "ended": None, "end_reason": None},
+    ]
+    assert [ProviderSegment.from_json(s.to_json()) for s in record.providers] == [
+        ProviderSegment("openai", 0.0, 12.35, "openai: 1011"),
+        ProviderSegment("gemini", 12.35),
+    ]

@@ -242,6 +242,25 @@ def test_audio_file_must_exist() -> None:
     assert error.source == "env AUDIO_FILE"
 
 
+def test_fallback_audio_file_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"fallback_audio_file": "/nonexistent/sorry.wav"}')
+    error = error_of(path, {})
+    assert error.field == "fallback_audio_file"
+
+
+def test_which_providers_are_configured() -> None:
+    c = load(None, {"OPENAI_API_KEY": "sk-1", "DEEPGRAM_API_KEY": "dg-1"})
+    assert c.provider_configured("openai") is None
+    assert c.provider_configured("gemini") == "gemini.api_key"
+    assert c.provider_configured("deepgram") is None
+    assert c.provider_configured("elevenlabs") == "elevenlabs.agent_id"
+    missing = c.provider_configured("cartesia") or ""
+    assert missing.startswith("cartesia.api_key")
+    full = load(None, {"OPENAI_API_KEY": "a", "DEEPGRAM_API_KEY": "b", "CARTESIA_API_KEY": "c"})
+    assert full.provider_configured("cartesia") is None
+
+
 def test_secrets_never_appear_in_repr() -> None:
     c = load(
         None,
