@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from sip4ai.config import Config
 from sip4ai.providers.base import ProviderSession, SessionSettings
+from sip4ai.providers.deepgram_agent import DeepgramAgentSession
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
 
 
@@ -18,6 +19,7 @@ def _openai(config: Config, settings: SessionSettings) -> ProviderSession:
 
 REGISTRY: Mapping[str, SessionConstructor] = {
     "openai": _openai,
+    "deepgram": lambda config, settings: DeepgramAgentSession(config.deepgram, settings),
 }
 
 
