@@ -228,8 +228,11 @@ class DeepgramAgentSession:
         if role == "user":
             self._inject_user(message)
             return
+        # Context goes into the prompt for every later turn; like OpenAI's system item plus
+        # response.create, the agent is then asked to take it into account now.
         self._prompt = wire.extended_prompt(self._prompt, message)
         self._send(wire.update_prompt(self._prompt))
+        self._inject_user(f"(New context for you, not said by the caller: {message})")
 
     def say(self, instructions: str) -> None:
         self._inject_user(instructions)

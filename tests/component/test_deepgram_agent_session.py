@@ -251,23 +251,21 @@ async def test_server_side_functions_are_not_ours() -> None:
             assert mock.last.received_of("FunctionCallResponse") == []
 
 
-async def test_inject_system_extends_the_prompt_and_user_gets_an_answer() -> None:
-    script = fast(replies=(Reply("Sure", duration_ms=200),))
+async def test_inject_system_extends_the_prompt_and_the_agent_answers_it() -> None:
+    script = fast(replies=(Reply("Noted", duration_ms=200), Reply("Sure", duration_ms=200)))
     async with running_deepgram_mock(script) as mock:
         async with running(mock, greeting=None) as run:
             await run.until(lambda: run.of(Ready))
             run.session.inject("The caller is a VIP.", "system")
-            run.session.inject("They pressed 5.", "system")
             conn = mock.last
-            await mock.wait_for(lambda: len(conn.sent_of("PromptUpdated")) == 2)
-            assert conn.prompt == (
-                "Be brief.\n\nAdditional context:\n- The caller is a VIP.\n- They pressed 5."
-            )
-            assert run.of(ReplyDone) == []  # background context only
+            await mock.wait_for(lambda: len(conn.sent_of("PromptUpdated")) == 1)
+            assert conn.prompt == "Be brief.\n\nAdditional context:\n- The caller is a VIP."
+            await run.until(lambda: run.of(ReplyDone))  # like OpenAI: context, then a reply
             run.session.inject("Are you there?", "user")
-            await run.until(lambda: run.of(ReplyDone))
-            assert run.of(Transcript) == [Transcript("ai", "Sure")]
-            assert [i.kind for i in conn.injects] == ["prompt", "prompt", "user"]
+            await run.until(lambda: len(run.of(ReplyDone)) == 2)
+            assert run.of(Transcript) == [Transcript("ai", "Noted"), Transcript("ai", "Sure")]
+            assert [i.kind for i in conn.injects] == ["prompt", "user", "user"]
+            assert "The caller is a VIP." in conn.injects[1].text
 
 
 async def test_say_makes_the_agent_speak() -> None:
