@@ -143,9 +143,12 @@ def make_conversation_factory(
     if not available(config.provider):
         logger.error("! provider %s is not available in this build", config.provider)
         return None
-    if config.provider_key(config.provider) is None:
+    missing = config.provider_configured(config.provider)
+    if missing is not None:
         logger.warning(
-            "! no API key for provider %s and no AUDIO_FILE: calls are rejected", config.provider
+            "! provider %s needs %s (and no AUDIO_FILE is set): calls are rejected",
+            config.provider,
+            missing,
         )
         return None
 
