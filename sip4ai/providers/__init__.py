@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from sip4ai.config import Config
 from sip4ai.providers.base import ProviderSession, SessionSettings
+from sip4ai.providers.cartesia import CartesiaPipelineSession
 from sip4ai.providers.deepgram_agent import DeepgramAgentSession
 from sip4ai.providers.elevenlabs import ElevenLabsSession
 from sip4ai.providers.gemini import GeminiLiveSession
@@ -21,6 +22,7 @@ def _openai(config: Config, settings: SessionSettings) -> ProviderSession:
 
 REGISTRY: Mapping[str, SessionConstructor] = {
     "openai": _openai,
+    "cartesia": lambda config, settings: CartesiaPipelineSession(config, settings),
     "elevenlabs": lambda config, settings: ElevenLabsSession(config.elevenlabs, settings),
     "deepgram": lambda config, settings: DeepgramAgentSession(config.deepgram, settings),
     "gemini": lambda config, settings: GeminiLiveSession(config.gemini, settings),
