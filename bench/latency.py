@@ -18,6 +18,8 @@ callee side (sip4ai + OpenAI mock, SIPp -rtp_echo, or a bare baresip-python loop
 * P3 outgoing pacing at one call: |interval - 20 ms| of sip4ai's RTP to the caller while the
   greeting is buffered (first greeting packet to speech_started); underruns as silent packets
   inside that stretch on the wire and as sip4ai_audio_underruns_total (None: not exposed).
+* P7 turn latency per provider (bench/provider_turns.py): caller end of speech -> first reply
+  sample, each provider's mock at zero think time, minus the mock's VAD hangover.
 * P6 call set-up, from a capture of Kamailio's and sip4ai's SIP ports, a TCP SYN capture of
   the mock's port and the mock's events log: INVITE (arriving at sip4ai) -> 180 and -> 200;
   the provider handshake = TCP SYN to the mock -> the mock's ``session.updated``; answer ->
@@ -32,13 +34,14 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench import provider_turns
 from bench._common import (
     RUNS_DIR,
     SILENCE_PEAK,
@@ -67,13 +70,14 @@ from bench._common import (
     wall_minus_monotonic,
     write_json,
 )
+from bench._lab import Lab, lab
+from bench.provider_turns import measure_all
 from testbed.harness import g711
 from testbed.harness.appliance import Sip4ai
 from testbed.harness.capture import CaptureResult, PacketCapture
-from testbed.harness.kamailio import Kamailio
 from testbed.harness.ports import free_port
 from testbed.harness.rtp import RtpPacket
-from testbed.harness.sipp import SippFactory, SippOptions, SippResult
+from testbed.harness.sipp import SippOptions, SippResult
 from testbed.harness.tones import G711File
 
 
@@ -93,16 +97,6 @@ TARGETS = {
     "p6_invite_to_200_minus_handshake_ms": 30.0,
     "p6_answer_to_greeting_minus_mock_ms": 40.0,
 }
-
-
-@dataclass
-class Lab:
-    """What every part shares: the run dir, Kamailio and a SIPp factory."""
-
-    run_dir: Path
-    kamailio: Kamailio
-    sipp: SippFactory
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def burst_file(path: Path) -> G711File:
@@ -524,22 +518,13 @@ def extras(p1: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-@contextlib.contextmanager
-def lab(run_dir: Path, log_level: str) -> Iterator[Lab]:
-    with Kamailio(run_dir / "kamailio") as kam:
-        factory = SippFactory(run_dir)
-        try:
-            yield Lab(run_dir, kam, factory, {"SIP4AI_LOG_LEVEL": log_level})
-        finally:
-            factory.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
     parser.add_argument("--echo-seconds", type=float, default=20.0, help="P1 call length")
     parser.add_argument("--calls", type=int, default=10, help="P2/P6 calls (one at a time)")
     parser.add_argument("--think-ms", type=int, default=200, help="the mock's think time")
     parser.add_argument("--speed", type=float, default=4.0, help="the mock's streaming speed")
+    parser.add_argument("--turn-calls", type=int, default=5, help="P7 calls per provider")
     parser.add_argument("--log-level", default="INFO", help="sip4ai's SIP4AI_LOG_LEVEL")
     parser.add_argument("--run-dir", type=Path, default=RUNS_DIR / "latency")
     parser.add_argument("--output", default="latency.json")
@@ -560,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         ("P1 SIPp -rtp_echo", lambda lb: p1_sipp_echo(lb, args.echo_seconds)),
         ("P1 baresip loopback", lambda lb: p1_baresip(lb, args.echo_seconds)),
         ("P2/P3/P6 scripted mock", lambda lb: p2_p3_p6(lb, args)),
-    ]
+        ("P7 per provider", lambda lb: {"rows": measure_all(lb.run_dir / "p7", lb.kamailio,
+                                                             lb.sipp, args.turn_calls)}),
+    ]  # fmt: skip
     try:
         with lab(run_dir, args.log_level) as lb:
             for label, part in parts:
@@ -575,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if label.startswith("P1"):
                     out["p1"].append(result)
+                elif label.startswith("P7"):
+                    out["p7"] = result["rows"]
                 else:
                     out["scripted"] = result
     except KeyboardInterrupt:
@@ -586,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(args.output, out)
     print()
     print(report(out))
+    if out.get("p7"):
+        print("\n" + provider_turns.report(out["p7"]))
     for e in out["errors"]:
         print(f"FAILED {e['part']}: {e['error']}")
     print(f"\nwrote {path} ({out['wall_s']} s)")
