@@ -56,7 +56,8 @@ class AIConversation:
     The session starts in ``prepare()`` (before an inbound call is answered) or in ``run()``.
     Provider audio that arrives before the call's media is up (the greeting) is kept and played
     as soon as it is. When the session fails (see failover.py) the call moves to the next of
-    ``fallbacks``, and when none is left to ``last_resort``.
+    ``fallbacks`` (after one fresh session of the same provider, if it had been serving the
+    call), and when none is left to ``last_resort``.
     """
 
     def __init__(
@@ -69,10 +70,16 @@ class AIConversation:
         metrics: AudioMetrics | None = None,
         fallbacks: Sequence[ProviderOption] = (),
         last_resort: LastResort | None = None,
+        resume: Callable[[str], ProviderOption] | None = None,
     ) -> None:
         self._handle = handle
         self._factory = session_factory
         self._fallbacks = list(fallbacks)
+        self._resume = resume
+        """A new session of the same provider, told what was said: tried once per provider
+        when a session that was serving the call drops (the protocol could not resume it)."""
+        self._resumed: set[str] = set()
+        self._provider = handle.record.provider
         self._last_resort = last_resort
         self._clip: ClipPlayer | None = None
         self._playing_last_resort = False
@@ -255,7 +262,7 @@ class AIConversation:
             closed = await self._consume(session)
             if self._ending or closed is None or not failed(closed, was_ready=self._ready.is_set()):
                 break
-            following = self._fail_over(closed)
+            following = self._fail_over(closed, was_ready=self._ready.is_set())
             if following is None:
                 if self._start_last_resort(closed):
                     return  # the pacer ends the call when the recording has been played
@@ -266,17 +273,27 @@ class AIConversation:
         self._reply_finished.set()
         self._closed.set()
 
-    def _fail_over(self, closed: Closed) -> ProviderSession | None:
+    def _next_option(self, was_ready: bool) -> ProviderOption | None:
+        name = self._provider
+        if was_ready and self._resume is not None and name not in self._resumed:
+            self._resumed.add(name)
+            return self._resume(name)
+        return self._fallbacks.pop(0) if self._fallbacks else None
+
+    def _fail_over(self, closed: Closed, *, was_ready: bool) -> ProviderSession | None:
         """Start the next provider for this call, or None when there is none."""
-        if not self._fallbacks:
+        option = self._next_option(was_ready)
+        if option is None:
             return None
-        option = self._fallbacks.pop(0)
         logger.warning(
-            "! call %s: provider failed (%s); the call continues on %s",
+            "! call %s: provider %s failed (%s); the call continues on %s%s",
             self._handle.record.id,
+            self._provider,
             closed.reason,
+            "a new session of " if option.name == self._provider else "",
             option.name,
         )
+        self._provider = option.name
         self._handle.switch_provider(option.name, closed.reason)
         if self._metrics is not None:
             self._metrics.failover(option.name)

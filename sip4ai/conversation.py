@@ -180,6 +180,7 @@ def make_conversation_factory(
             metrics=audio_metrics,
             fallbacks=[takeover(name) for name in fallbacks if name != record.provider],
             last_resort=resort,
+            resume=takeover,
         )
 
     return ai

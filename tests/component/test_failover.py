@@ -66,6 +66,7 @@ async def call(
     key: str = "test-key",
     last_resort: LastResort | None = None,
     metrics: AudioMetrics | None = None,
+    resume: bool = False,
 ) -> AsyncIterator[tuple[FakeHandle, PacedMedia, AIConversation, asyncio.Task[str | None]]]:
     handle, media = FakeHandle(), PacedMedia()
     options = [
@@ -78,6 +79,7 @@ async def call(
         fallbacks=options,
         last_resort=last_resort,
         metrics=metrics,
+        resume=(lambda name: ProviderOption(name, takeover(main, handle))) if resume else None,
     )
     await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
     task = asyncio.create_task(conv.run(media))
@@ -217,3 +219,32 @@ async def test_a_provider_closing_while_the_call_ends_does_not_fail_over() -> No
         assert handle.served_by() == ["openai"]
         assert not backup.connections
         assert APOLOGY_TEXT not in handle.said("ai")
+
+
+async def test_a_serving_provider_that_drops_gets_one_fresh_session_before_the_fallback() -> None:
+    main_script = Script(
+        replies=(Reply("Hello from main", duration_ms=400),),
+        faults=Faults(close_after_s=1.5, close_code=1011),
+    )
+    async with (
+        running_openai_mock(main_script) as main,
+        running_openai_mock(backup_script()) as backup,
+        call(main, [backup], resume=True) as (handle, *_),
+    ):
+        await backup.wait_connection(timeout_s=TIMEOUT_S)
+        await until(lambda: "I am the backup" in handle.said("ai"))
+        assert handle.served_by() == ["openai", "openai", "backup0"]
+        assert len(main.connections) == 2
+        resumed = main.connections[1].session or {}
+        assert "already in progress" in resumed.get("instructions", "")
+        assert "You: Hello from main" in resumed.get("instructions", "")
+
+
+async def test_a_provider_that_never_served_is_not_retried() -> None:
+    async with (
+        running_openai_mock(Script(api_key="another-key")) as main,
+        running_openai_mock(backup_script()) as backup,
+        call(main, [backup], resume=True) as (handle, *_),
+    ):
+        await until(lambda: "I am the backup" in handle.said("ai"))
+        assert handle.served_by() == ["openai", "backup0"]  # no second try of a 401
