@@ -38,6 +38,8 @@ from sip4ai.sip.interface import (
     RegistrationState,
     SipEvent,
 )
+from sip4ai.sip.registrar_probe import ProbeTarget, RegistrarProbe
+from sip4ai.sip.rtp_guard import RtpGuard
 from sip4ai.sip.sipmsg import TraceRecord
 from sip4ai.sip.uri import TrustedSources, request_uri
 
@@ -72,6 +74,7 @@ class BaresipEngine:
             trunk_mode=self._plan.trunk_mode,
             codecs=config.codecs,
         )
+        self._rtp_guard = RtpGuard()
         self._agent: Agent | None = None
         self._caller_agents: dict[tuple[str, str], Agent] = {}
         self._registration: RegistrationSupervisor | None = None
@@ -125,6 +128,7 @@ class BaresipEngine:
                 registrar_host=self._plan.registrar_host,
                 emit=self._emit,
                 backoff=self._backoff,
+                probe=self._registrar_probe(),
             )
             self._spawn(self._registration.run(), "sip-registration")
         elif self._plan.trunk_mode:
@@ -246,6 +250,7 @@ class BaresipEngine:
 
     def _on_trace(self, record: TraceRecord) -> None:
         self._calls.on_trace(record)
+        self._rtp_guard.on_trace(record)
 
     def _on_dial_timeout(self, leg: Leg) -> None:
         if leg.ended or leg.answered or leg.local_hangup:
@@ -324,6 +329,19 @@ class BaresipEngine:
         agent.on_incoming(self._calls.adopt_inbound)
         self._caller_agents[key] = agent
         return agent
+
+    def _registrar_probe(self) -> RegistrarProbe | None:
+        try:
+            target = ProbeTarget.for_registrar(
+                self._plan.registrar,
+                transport=self._config.transport,
+                user=self._config.username or "",
+                domain=self._plan.domain,
+            )
+        except ValueError as exc:
+            logger.info("= no registrar probe (%s): bindings are checked at each refresh", exc)
+            return None
+        return RegistrarProbe(target)
 
     async def _resolve_trusted_sources(self) -> TrustedSources:
         """Host names in trusted_sources are resolved once, at start."""
