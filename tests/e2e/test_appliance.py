@@ -553,7 +553,11 @@ def test_webhooks_survive_30_s_of_receiver_downtime_and_a_kill_9(
         long_call.stop()
     second = Sip4ai(tmp_path, config=config, env=env)
     with second:
-        assert second.call(orphan["id"])["end_reason"] == "crash"
+        recovered = second.call(orphan["id"])
+        assert (recovered["status"], recovered["end_reason"]) == ("failed", "crash"), recovered
+        assert recovered["ended_at"], recovered
+        assert second.call(completed["id"])["status"] == "completed"
+        assert second.status()["active_calls"] == 0
         time.sleep(max(0.0, 30.0 - (time.monotonic() - down_since)))
         receiver = http.server.ThreadingHTTPServer(("127.0.0.1", port), _EventReceiver)
         threading.Thread(target=receiver.serve_forever, daemon=True).start()
