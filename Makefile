@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := kamailio kamailio-tls-modules sip-tester tcpdump openssl debootstrap \
-	systemd-container shellcheck docker-compose
+	systemd-container shellcheck docker-compose iproute2
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps sysdeps venv lint typecheck test test-unit test-component test-e2e demo bench \
@@ -25,6 +25,7 @@ sysdeps:
 	command -v systemd-nspawn >/dev/null || missing="$$missing systemd-container"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
