@@ -184,10 +184,12 @@ class AIConversation:
         assert playout is not None
         deadline = loop.time()
         while True:
-            for frame in media.read():
-                session, to_provider = self._session, self._to_provider
-                if self._ready.is_set() and session is not None and to_provider is not None:
-                    session.send_audio(to_provider.convert(frame))
+            frames = media.read()
+            session, to_provider = self._session, self._to_provider
+            if frames and self._ready.is_set() and session is not None and to_provider is not None:
+                # Normally one frame; after a late tick several, sent as one message: under
+                # load that is fewer websocket sends, and no frame waits longer than it must.
+                session.send_audio(to_provider.convert(b"".join(frames)))
             if self._metrics is not None:
                 self._metrics.tick_late(max(0.0, loop.time() - deadline))
             self._feed(media, playout, loop.time())
