@@ -2,6 +2,9 @@
 
 Run: ``.venv/bin/python -m bench.capacity --calls 10,50,100,200 --duration 20``
 (root: tcpdump on lo). Prints a table and writes ``bench/results/capacity.json``.
+``--engines baresip,pjsua2`` runs every N on each SIP backend (``sip.engine``; the pjsua2 rows
+need ``sip4ai[pjsua2]``). pjsua2 handles at most 4 calls per process: its rows for N > 4 show
+how the calls beyond 4 are refused (486), e.g. ``--engines pjsua2 --calls 4,8``.
 
 For each N: a fresh Kamailio, the stand-in AI side and sip4ai (jitter buffer off, max_calls N,
 log level INFO). SIPp (uac_invite_rtp, 440 Hz mu-law both ways) starts N calls at N/ramp calls
@@ -264,17 +267,17 @@ def wait_quiet(limit_pct: float, timeout_s: float) -> float:
             return round(busy, 1)
 
 
-def run_one(mode: str, n: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
+def run_one(engine: str, mode: str, n: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     background = wait_quiet(args.quiet_pct, args.quiet_wait)
-    run_dir = base / f"{mode}-{n}"
+    run_dir = base / f"{engine}-{mode}-{n}"
     run_dir.mkdir(parents=True, exist_ok=True)
     hold_s, ramp_s = args.duration, args.ramp
-    result: dict[str, Any] = {"mode": mode, "calls": n, "run_dir": str(run_dir)}
+    result: dict[str, Any] = {"engine": engine, "mode": mode, "calls": n, "run_dir": str(run_dir)}
     result["machine_busy_pct_before_run"] = background
     with contextlib.ExitStack() as stack:
         kam = Kamailio(run_dir / "kamailio")
         stack.enter_context(kam)
-        config = sip_config(kam, rtp_ports=4 * n + 40, max_calls=max(n, 2))
+        config = sip_config(kam, rtp_ports=4 * n + 40, max_calls=max(n, 2), engine=engine)
         env = {"SIP4AI_LOG_LEVEL": args.log_level}
         mock: MockProcess | None = None
         expect_hz = CALLER_TONE_HZ
@@ -413,6 +416,7 @@ def row(r: dict[str, Any]) -> list[object]:
     cpu, media, sipp = r["cpu_pct_one_core"], r["media"], r["sipp"]
     pacing = media["pacing"]
     return [
+        r.get("engine", "baresip"),
         r["mode"],
         r["calls"],
         f"{sipp['successful']}/{r['calls']}",
@@ -437,8 +441,9 @@ def row(r: dict[str, Any]) -> list[object]:
 
 
 HEADERS = [
-    "mode", "N", "SIPp ok", "max act", "sip4ai %", "mock %", "others %", "machine %", "RSS MB",
-    "MB/call", "lost", "pace p50", "pace p99", ">60ms", "max iv", "echo def", "holes", "tone ok",
+    "engine", "mode", "N", "SIPp ok", "max act", "sip4ai %", "mock %", "others %", "machine %",
+    "RSS MB", "MB/call", "lost", "pace p50", "pace p99", ">60ms", "max iv", "echo def", "holes",
+    "tone ok",
 ]  # fmt: skip
 
 
@@ -451,6 +456,9 @@ def saturated(r: dict[str, Any]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
     parser.add_argument("--calls", default="10,50,100,200", help="comma-separated N values")
+    parser.add_argument(
+        "--engines", default="baresip", help="comma-separated SIP backends: baresip, pjsua2"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="call length, seconds")
     parser.add_argument("--ramp", type=float, default=10.0, help="seconds to start all N calls")
     parser.add_argument("--file-mode", choices=["auto", "always", "never"], default="auto")
@@ -465,20 +473,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= args.ramp:
         parser.error("--duration must exceed --ramp, or the N calls never overlap")
     ns = [int(x) for x in args.calls.split(",") if x.strip()]
+    engines = [x.strip() for x in args.engines.split(",") if x.strip()]
+    if not engines or any(e not in ("baresip", "pjsua2") for e in engines):
+        parser.error("--engines takes baresip and/or pjsua2")
     raise_on_sigterm()
     base = args.run_dir / time.strftime("%Y%m%d-%H%M%S")
     results: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     started = time.monotonic()
 
-    def attempt(mode: str, n: int) -> dict[str, Any] | None:
+    def attempt(engine: str, mode: str, n: int) -> dict[str, Any] | None:
         try:
-            with timed(f"{mode} N={n}"):
-                r = run_one(mode, n, args, base)
+            with timed(f"{engine} {mode} N={n}"):
+                r = run_one(engine, mode, n, args, base)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one failed N must not hide the others' figures
-            errors.append({"mode": mode, "calls": n, "error": f"{type(exc).__name__}: {exc}"})
+            error = f"{type(exc).__name__}: {exc}"
+            errors.append({"engine": engine, "mode": mode, "calls": n, "error": error})
             print(traceback.format_exc(), file=sys.stderr, flush=True)
             return None
         results.append(r)
@@ -486,13 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     try:
-        echo = [attempt("echo", n) for n in ns]
-        for n, r in zip(ns, echo, strict=True):
-            wanted = args.file_mode == "always" or (
-                args.file_mode == "auto" and (r is None or saturated(r))
-            )
-            if wanted:
-                attempt("file", n)
+        for engine in engines:
+            echo = [attempt(engine, "echo", n) for n in ns]
+            for n, r in zip(ns, echo, strict=True):
+                wanted = args.file_mode == "always" or (
+                    args.file_mode == "auto" and (r is None or saturated(r))
+                )
+                if wanted:
+                    attempt(engine, "file", n)
     except KeyboardInterrupt:
         print("interrupted: every process started was stopped", file=sys.stderr)
         return 130
@@ -502,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": host_info(),
         "settings": {
             "calls": ns,
+            "engines": engines,
             "call_duration_s": args.duration,
             "ramp_s": args.ramp,
             "all_calls_overlap_s": args.duration - args.ramp,
@@ -532,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(HEADERS, [row(r) for r in results]))
     for e in errors:
-        print(f"FAILED {e['mode']} N={e['calls']}: {e['error']}")
+        print(f"FAILED {e['engine']} {e['mode']} N={e['calls']}: {e['error']}")
     print(f"\nwrote {path} ({out['wall_s']} s)")
     return 0 if not errors else 1
 

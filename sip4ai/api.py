@@ -23,6 +23,7 @@ from sip4ai.functions import functions_from_request
 from sip4ai.live import LiveEvents
 from sip4ai.manager import CallManager
 from sip4ai.metrics import CONTENT_TYPE, Metrics
+from sip4ai.sip import ENGINE_LIMITS
 
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "sip_registered": manager.sip_registered,
+            # the backend's hard limits (pjsua2: 4 calls per process, platforms, TLS version)
+            "sip_engine_limits": ENGINE_LIMITS.get(str(info.get("sip_engine")), {}),
             "active_calls": len(live),
             "calls": [
                 {"id": c.id, "status": c.status.value, "duration": c.elapsed(now)} for c in live

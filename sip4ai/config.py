@@ -24,6 +24,7 @@ __all__ = ["Config", "Secret", "load"]
 PROVIDERS = ("openai", "elevenlabs", "gemini", "deepgram", "cartesia")
 Provider = Literal["openai", "elevenlabs", "gemini", "deepgram", "cartesia"]
 Transport = Literal["udp", "tcp", "tls"]
+SipEngineName = Literal["baresip", "pjsua2"]
 Mode = Literal["inbound", "outbound"]
 
 E164_PATTERN = r"\+[1-9][0-9]{1,14}"
@@ -128,6 +129,9 @@ class FunctionConfig:
 
 @dataclass(frozen=True, slots=True)
 class SipConfig:
+    engine: SipEngineName = "baresip"
+    """SIP backend: ``baresip`` (default) or ``pjsua2`` (extra ``sip4ai[pjsua2]``; at most 4
+    simultaneous calls per process, Linux x86_64 and Python <= 3.12 only)."""
     username: str | None = None
     password: Secret | None = None
     domain: str | None = None
@@ -200,12 +204,12 @@ class Config:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     audio_file: Path | None = None
     audio_file_loop: bool = True
+    fallback_audio_file: Path | None = None
+    """Played (like AUDIO_FILE) when the provider and every fallback provider have failed."""
     max_duration_seconds: int = 300
     sip: SipConfig = SipConfig()
     openai: OpenAIConfig = OpenAIConfig()
     elevenlabs: ElevenLabsConfig = ElevenLabsConfig()
-    fallback_audio_file: Path | None = None
-    """Played (like AUDIO_FILE) when the provider and every fallback provider have failed."""
     gemini: GeminiConfig = GeminiConfig()
     deepgram: DeepgramConfig = DeepgramConfig()
     cartesia: CartesiaConfig = CartesiaConfig()
@@ -220,10 +224,6 @@ class Config:
         key: Secret | None = section.api_key
         return key
 
-
-def default_data_dir(environ: Mapping[str, str]) -> Path:
-    """systemd StateDirectory as a service; /var/lib/sip4ai when installed; else ./data."""
-    state = environ.get("STATE_DIRECTORY")
     def provider_configured(self, name: str) -> str | None:
         """None when ``name`` can serve calls; else what is missing, for a log line."""
         if name == "elevenlabs":
@@ -236,6 +236,10 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
             return None
         return None if self.provider_key(name) is not None else f"{name}.api_key"
 
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """systemd StateDirectory as a service; /var/lib/sip4ai when installed; else ./data."""
+    state = environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
     installed = Path("/var/lib/sip4ai")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -112,6 +113,16 @@ def _sip(s: Section, environ: Mapping[str, str]) -> SipConfig:
         if codec not in ("pcmu", "pcma", "g722"):
             raise ConfigError(f"{s.field('codecs')}[{index}]", s.source, "unsupported codec")
     result = SipConfig(
+        engine=cast(
+            Any,
+            s.required_str(
+                "engine",
+                "baresip",
+                env=("SIP_ENGINE",),
+                choices=("baresip", "pjsua2"),
+                fold_case="lower",
+            ),
+        ),
         username=s.str_("username", None, env=("SIP_USERNAME",)),
         password=s.secret("password", env=("SIP_PASSWORD",)),
         domain=s.str_("domain", None, env=("SIP_DOMAIN",), pattern=HOSTPORT_PATTERN),
@@ -152,6 +163,14 @@ def _sip(s: Section, environ: Mapping[str, str]) -> SipConfig:
         tls_verify_server=s.bool_("tls_verify_server", True, env=("SIP_TLS_VERIFY",)),
     )
     s.finish()
+    if result.engine == "pjsua2" and importlib.util.find_spec("pjsua2") is None:
+        src = "env SIP_ENGINE" if environ.get("SIP_ENGINE") else s.source
+        raise ConfigError(
+            s.field("engine"),
+            src,
+            "pjsua2 needs the pjsua2-python wheel: pip install 'sip4ai[pjsua2]' (Linux x86_64, "
+            "Python <= 3.12), or a binary built with SIP4AI_WITH_PJSUA2=1",
+        )
     if result.password is not None:
         # baresip carries the password in a quoted account parameter without escapes.
         if any(c in '"\\' or ord(c) < 0x20 for c in result.password.reveal()):

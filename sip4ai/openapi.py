@@ -264,6 +264,15 @@ def document() -> dict[str, Any]:
                         },
                         "uptime": {"type": "string", "pattern": "^([0-9]+h)?([0-9]+m)?[0-9]+s$"},
                         "sip_engine": {"type": "string"},
+                        "sip_engine_limits": {
+                            "type": "object",
+                            "description": "Hard limits of the SIP backend (empty: none)",
+                            "properties": {
+                                "max_calls_per_process": {"type": "integer"},
+                                "platforms": {"type": "string"},
+                                "tls": {"type": "string"},
+                            },
+                        },
                         "mode": {"type": "string"},
                     },
                 },

@@ -7,6 +7,7 @@ Fixtures:
     sipp          SippFactory for this test (run dir = tmp_path); leftovers stopped afterwards.
     rtp_capture   CaptureFactory for this test; captures stopped afterwards.
     tones         ToneLibrary: G.711 tone files generated once per session.
+    sip_backend   parametrizes a test over the SIP backends (baresip, pjsua2).
 
 The binaries come from apt (kamailio, sip-tester, tcpdump). Without them the tests are
 skipped, unless SIP4AI_E2E_REQUIRED=1 (set it in CI) turns that into a failure.
@@ -14,6 +15,7 @@ skipped, unless SIP4AI_E2E_REQUIRED=1 (set it in CI) turns that into a failure.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Generator, Iterator
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from sip4ai.config import SipEngineName
 from testbed.harness.capture import CaptureFactory
 from testbed.harness.kamailio import Kamailio
 from testbed.harness.sipp import SippFactory
 from testbed.harness.tones import ToneLibrary
+from tests.e2e.sip_engine_kit import BACKENDS, use_backend
 
 
 REQUIRED_BINARIES = ("kamailio", "sipp", "tcpdump", "openssl")
@@ -87,6 +91,26 @@ def rtp_capture(tmp_path: Path) -> Iterator[CaptureFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def sip_backend(request: pytest.FixtureRequest) -> Iterator[SipEngineName]:
+    """Runs the test once per SIP backend (``sip.engine``); engine_config() picks it up.
+
+    pjsua2 is skipped when its wheel is not installed (only on Linux x86_64, Python <= 3.12),
+    unless SIP4AI_E2E_REQUIRED=1.
+    """
+    name: SipEngineName = request.param
+    if name == "pjsua2" and importlib.util.find_spec("pjsua2") is None:
+        message = "the pjsua2 backend needs pjsua2-python (pip install 'sip4ai[pjsua2]')"
+        if os.environ.get("SIP4AI_E2E_REQUIRED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    use_backend(name)
+    try:
+        yield name
+    finally:
+        use_backend("baresip")
 
 
 @pytest.hookimpl(wrapper=True)

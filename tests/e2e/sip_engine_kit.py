@@ -1,6 +1,7 @@
-"""Helpers for the e2e tests of the baresip engine: a running engine with a stand-in AI side.
+"""Helpers for the e2e tests of the SIP engines: a running engine with a stand-in AI side.
 
-``EngineSession`` starts a ``BaresipEngine`` on a free loopback port, consumes its events (all
+``EngineSession`` starts the engine of the running test's backend (``sip_backend`` fixture:
+baresip or pjsua2) on a free loopback port, consumes its events (all
 recorded, in order) and plays the AI side: it answers inbound calls (unless told not to) and,
 once a leg's media is ready, writes a known tone and keeps every frame it reads.
 
@@ -23,7 +24,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from sip4ai.config import Secret, SipConfig
+from sip4ai.config import Secret, SipConfig, SipEngineName
 from sip4ai.sip.baresip_engine import BaresipEngine
 from sip4ai.sip.baresip_registration import Backoff
 from sip4ai.sip.interface import (
@@ -32,6 +33,7 @@ from sip4ai.sip.interface import (
     MediaReady,
     RegistrationChanged,
     RegistrationState,
+    SipEngine,
     SipEvent,
 )
 from testbed.harness.kamailio import Kamailio
@@ -50,17 +52,41 @@ FRAME_BYTES = 320
 RTP_PORTS = 40
 
 
+BACKENDS: tuple[SipEngineName, ...] = ("baresip", "pjsua2")
+_backend: list[SipEngineName] = ["baresip"]
+
+
+def current_backend() -> SipEngineName:
+    """The backend the running test uses (the ``sip_backend`` fixture sets it)."""
+    return _backend[0]
+
+
+def use_backend(name: SipEngineName) -> None:
+    _backend[0] = name
+
+
+def make_engine(config: SipConfig, backoff: Backoff = FAST_BACKOFF) -> SipEngine:
+    if config.engine == "pjsua2":
+        from sip4ai.sip.pjsua2_engine import Pjsua2Engine
+
+        return Pjsua2Engine(config, backoff=backoff)
+    return BaresipEngine(config, backoff=backoff)
+
+
 def engine_config(kamailio: Kamailio | None, **overrides: object) -> SipConfig:
-    """aibot at the testbed's Kamailio, listening on a free loopback port."""
+    """aibot at the testbed's Kamailio, listening on a free loopback port, on the backend of the
+    running test."""
     rtp = free_port(udp=True, tcp=False, span=RTP_PORTS)
     base = SipConfig(
+        engine=current_backend(),
         username="aibot",
         password=Secret("aibotpw"),
         domain=kamailio.address if kamailio is not None else None,
         listen=f"127.0.0.1:{free_port(udp=True, tcp=True)}",
         rtp_port_min=rtp,
         rtp_port_max=rtp + RTP_PORTS - 1,
-        max_calls=20,
+        # pjsua2 handles at most 4 calls per process (and warns at start about more)
+        max_calls=4 if current_backend() == "pjsua2" else 20,
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -75,7 +101,7 @@ class EngineSession:
         backoff: Backoff = FAST_BACKOFF,
     ) -> None:
         self.config = config
-        self.engine = BaresipEngine(config, backoff=backoff)
+        self.engine = make_engine(config, backoff)
         self.auto_answer = auto_answer
         self.events: list[SipEvent] = []
         self.frames: dict[str, list[bytes]] = {}
