@@ -10,7 +10,7 @@ APT_PACKAGES := kamailio kamailio-tls-modules sip-tester tcpdump openssl deboots
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps sysdeps venv lint typecheck test test-unit test-component test-e2e demo bench \
-	bench-startup binary clean
+	bench-startup binary binary-pjsua2 clean
 
 all: test
 
@@ -75,8 +75,33 @@ demo: deps
 bench: deps
 	$(PY) -m bench.audio_hotpath
 
+# QA load kit (testbed/load, README "Capacity"): N calls of DURATION s each, RATE new calls/s,
+# at most N at once. PROFILE inbound | ramp | outbound (sip4ai dials out via POST /api/calls);
+# AI mock (OpenAI mock: scripted replies, turns, barge-ins) | file; AUDIO_FILE=x.wav plays that
+# file instead. Prints a table; writes bench/results/loadtest-<stamp>.json; exit 1 if a call failed.
+N ?= 20
+RATE ?= 5
+DURATION ?= 10
+PROFILE ?= inbound
+AI ?= mock
+AUDIO_FILE ?=
+SOAK_MINUTES ?= 30
+
+.PHONY: loadtest soak
+loadtest: deps
+	$(PY) -m testbed.load --calls $(N) --rate $(RATE) --duration $(DURATION) \
+		--profile $(PROFILE) --ai $(AI) $(if $(AUDIO_FILE),--audio-file $(AUDIO_FILE))
+
+# 30-minute soak (not in CI): 20 simultaneous churning calls; RSS growth and stuck calls.
+soak: deps
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
+
 binary: venv
 	$(VENV)/bin/pyinstaller --noconfirm --clean packaging/pyinstaller.spec
+
+# The same binary with the pjsua2 backend bundled (GPL-2.0-or-later: see README "Licence").
+binary-pjsua2: venv
+	SIP4AI_WITH_PJSUA2=1 $(VENV)/bin/pyinstaller --noconfirm --clean packaging/pyinstaller.spec
 
 bench-startup: binary
 	$(PY) -m bench.startup
