@@ -1,0 +1,1 @@
+"""The QA load kit: ``make loadtest`` / ``python -m testbed.load`` (see testbed/load/cli.py)."""

@@ -1,0 +1,6 @@
+import sys
+
+from testbed.load.cli import main
+
+
+sys.exit(main())
