@@ -35,6 +35,7 @@ from bench._common import (
     write_json,
 )
 from bench._lab import lab
+from sip4ai.providers.deepgram_stt_wire import ENDPOINTING_MS
 from testbed.harness import g711
 from testbed.harness.appliance import Sip4ai
 from testbed.harness.capture import PacketCapture
@@ -51,10 +52,13 @@ from testbed.mocks.vad import VadConfig
 SPEECH_AT_S = 2.0
 SPEECH_S = 0.8
 CALL_S = 5.0
-HANGOVER_MS: dict[str, float] = {name: float(VadConfig().silence_duration_ms) for name in PROVIDERS}
-"""The silence each mock waits for before it treats the caller's turn as over (the mocks share
-testbed.mocks.vad's default; the Cartesia pipeline's Deepgram STT mock ends an utterance by the
-same VAD)."""
+HANGOVER_MS: dict[str, float] = {
+    **{name: float(VadConfig().silence_duration_ms) for name in PROVIDERS},
+    "cartesia": float(ENDPOINTING_MS),
+}
+"""The silence each mock waits for before it treats the caller's turn as over: the realtime
+mocks share testbed.mocks.vad's default; the Cartesia pipeline's Deepgram STT mock ends an
+utterance after the ``endpointing`` silence sip4ai asks for."""
 
 
 def turn_file(path: Path) -> G711File:
