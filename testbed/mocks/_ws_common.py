@@ -11,15 +11,18 @@ system-wide, so a harness in another process can compare them with its own monot
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import IO, Any, Final, TypeVar
+from pathlib import Path
+from typing import IO, Any, Final, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -410,7 +413,18 @@ def dominant_hz(samples: npt.NDArray[np.int16], rate_hz: int) -> float:
 # --- process mode ------------------------------------------------------------------------------
 
 
-async def serve_until_signalled(server: WsMockServer, out: IO[str] = sys.stdout) -> None:
+class ServedMock(Protocol):
+    """What process mode runs: an async context manager that serves on ``url``."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, __type: Any, __value: Any, __tb: Any) -> Any: ...
+
+
+async def serve_until_signalled(server: ServedMock, out: IO[str] = sys.stdout) -> None:
     """Start ``server``, print ``LISTENING <url>`` and run until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -426,11 +440,52 @@ async def serve_until_signalled(server: WsMockServer, out: IO[str] = sys.stdout)
             loop.remove_signal_handler(signum)
 
 
-def run_process(make_server: Callable[[], Awaitable[WsMockServer]]) -> int:
-    """Entry point helper for ``python -m testbed.mocks.mock_x``; returns the exit code."""
+def mock_arg_parser(
+    module: str, description: str, *, key: str = "key", modes: bool = True
+) -> argparse.ArgumentParser:
+    """The command line every mock shares (``python -m testbed.mocks.<module>``); a mock adds
+    its own options to it."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m testbed.mocks.{module}", description=description
+    )
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--key", help=f"accepted {key} (default: the script's, test-key)")
+    parser.add_argument("--any-key", action="store_true", help=f"accept any {key}")
+    if modes:
+        parser.add_argument(
+            "--mode", choices=["scripted", "echo"], help="override the script's mode"
+        )
+    parser.add_argument("--script", type=Path, help="JSON file with the mock's script fields")
+    parser.add_argument("--speed", type=float, help="faster-than-real-time factor (0: burst)")
+    parser.add_argument("--think-ms", type=int, help="delay before a reply's first audio")
+    parser.add_argument("--events-log", type=Path, help="append a JSON line per event (no audio)")
+    return parser
 
-    async def main() -> None:
-        await serve_until_signalled(await make_server())
 
-    asyncio.run(main())
+def script_overrides(args: argparse.Namespace, *, any_key: bool = True) -> dict[str, Any]:
+    """Script fields the shared options set (``any_key``: --any-key sets ``api_key`` None)."""
+    overrides: dict[str, Any] = {}
+    if args.key is not None:
+        overrides["api_key"] = args.key
+    if any_key and args.any_key:
+        overrides["api_key"] = None
+    if getattr(args, "mode", None) is not None:
+        overrides["mode"] = args.mode
+    if args.speed is not None:
+        overrides["speed"] = args.speed
+    if args.think_ms is not None:
+        overrides["think_ms"] = args.think_ms
+    return overrides
+
+
+def run_mock(args: argparse.Namespace, make: Callable[[IO[str] | None], ServedMock]) -> int:
+    """Process mode: build the mock (with the --events-log stream) and serve until signalled."""
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(args.events_log.open("a")) if args.events_log else None
+
+        async def main() -> None:
+            await serve_until_signalled(make(log))
+
+        asyncio.run(main())
     return 0

@@ -29,13 +29,11 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -53,7 +51,15 @@ from testbed.mocks._cartesia_ws import json_error
 from testbed.mocks._chat_sse import ChatEndpoint
 from testbed.mocks._dgstt_conn import SttConnection, listen_params_problem
 from testbed.mocks._openai_script import FunctionCallSpec, Reply, Script
-from testbed.mocks._ws_common import LOOPBACK, ChangeSignal, EventLog, Faults
+from testbed.mocks._ws_common import (
+    LOOPBACK,
+    ChangeSignal,
+    EventLog,
+    Faults,
+    mock_arg_parser,
+    run_mock,
+    script_overrides,
+)
 
 
 __all__ = [
@@ -292,30 +298,18 @@ async def running_cartesia_mock(
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testbed.mocks.mock_cartesia",
-        description="Offline mock of Cartesia TTS + Deepgram STT + OpenAI Chat Completions.",
+    parser = mock_arg_parser(
+        "mock_cartesia",
+        "Offline mock of Cartesia TTS + Deepgram STT + OpenAI Chat Completions.",
+        key="key for all three services",
+        modes=False,
     )
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--key", help="accepted key for all three services (default test-key)")
-    parser.add_argument("--any-key", action="store_true", help="accept any non-empty key")
-    parser.add_argument("--script", type=Path, help="JSON file with Script/PipelineScript fields")
-    parser.add_argument("--speed", type=float, help="faster-than-real-time factor (0: burst)")
-    parser.add_argument("--think-ms", type=int, help="delay before the first LLM token")
-    parser.add_argument("--events-log", type=Path, help="append a JSON line per event (no audio)")
     return parser.parse_args(argv)
 
 
 def script_from_args(args: argparse.Namespace) -> PipelineScript:
     pipeline = PipelineScript.load(args.script) if args.script else PipelineScript()
-    overrides: dict[str, Any] = {}
-    if args.key is not None:
-        overrides["api_key"] = args.key
-    if args.speed is not None:
-        overrides["speed"] = args.speed
-    if args.think_ms is not None:
-        overrides["think_ms"] = args.think_ms
+    overrides = script_overrides(args, any_key=False)
     if overrides:
         pipeline = dataclasses.replace(
             pipeline, script=dataclasses.replace(pipeline.script, **overrides)
@@ -323,25 +317,12 @@ def script_from_args(args: argparse.Namespace) -> PipelineScript:
     return pipeline.with_any_key() if args.any_key else pipeline
 
 
-async def _serve(mock: CartesiaMock, out: IO[str]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with mock:
-        out.write(f"LISTENING {mock.url}\n")
-        out.flush()
-        await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     script = script_from_args(args)
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(args.events_log.open("a")) if args.events_log else None
-        mock = CartesiaMock(script, host=args.host, port=args.port, event_log=log)
-        asyncio.run(_serve(mock, sys.stdout))
-    return 0
+    return run_mock(
+        args, lambda log: CartesiaMock(script, host=args.host, port=args.port, event_log=log)
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Final, TypeVar
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -73,7 +72,9 @@ from testbed.mocks._ws_common import (
     WsMockServer,
     dominant_hz,
     json_response,
-    run_process,
+    mock_arg_parser,
+    run_mock,
+    script_overrides,
     tone,
 )
 
@@ -201,48 +202,21 @@ async def running_deepgram_mock(
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testbed.mocks.mock_deepgram",
-        description="Offline mock of the Deepgram Voice Agent API (v1).",
-    )
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--key", help="accepted key (default: the script's, test-key)")
-    parser.add_argument("--any-key", action="store_true", help="accept any key")
-    parser.add_argument("--mode", choices=["scripted", "echo"], help="override the script's mode")
-    parser.add_argument("--script", type=Path, help="JSON file with DeepgramScript fields")
-    parser.add_argument("--speed", type=float, help="faster-than-real-time factor (0: burst)")
-    parser.add_argument("--think-ms", type=int, help="delay before each reply")
-    parser.add_argument("--events-log", type=Path, help="append a JSON line per JSON message")
+    parser = mock_arg_parser("mock_deepgram", "Offline mock of the Deepgram Voice Agent API (v1).")
     return parser.parse_args(argv)
 
 
 def script_from_args(args: argparse.Namespace) -> DeepgramScript:
     script = DeepgramScript.load(args.script) if args.script else DeepgramScript()
-    overrides: dict[str, Any] = {}
-    if args.key is not None:
-        overrides["api_key"] = args.key
-    if args.any_key:
-        overrides["api_key"] = None
-    if args.mode is not None:
-        overrides["mode"] = args.mode
-    if args.speed is not None:
-        overrides["speed"] = args.speed
-    if args.think_ms is not None:
-        overrides["think_ms"] = args.think_ms
-    return dataclasses.replace(script, **overrides)
+    return dataclasses.replace(script, **script_overrides(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     script = script_from_args(args)
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(args.events_log.open("a")) if args.events_log else None
-
-        async def make() -> WsMockServer:
-            return DeepgramMock(script, host=args.host, port=args.port, event_log=log)
-
-        return run_process(make)
+    return run_mock(
+        args, lambda log: DeepgramMock(script, host=args.host, port=args.port, event_log=log)
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -64,7 +63,9 @@ from testbed.mocks._ws_common import (
     WsMockServer,
     dominant_hz,
     json_response,
-    run_process,
+    mock_arg_parser,
+    run_mock,
+    script_overrides,
     tone,
 )
 
@@ -241,36 +242,21 @@ async def running_elevenlabs_mock(
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testbed.mocks.mock_elevenlabs",
-        description="Offline mock of the ElevenLabs Agents (Conversational AI) websocket API.",
+    parser = mock_arg_parser(
+        "mock_elevenlabs",
+        "Offline mock of the ElevenLabs Agents (Conversational AI) websocket API.",
+        key="xi-api-key",
+        modes=False,
     )
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--key", help="accepted xi-api-key (default: the script's, test-key)")
-    parser.add_argument("--any-key", action="store_true", help="accept any xi-api-key")
-    parser.add_argument("--script", type=Path, help="JSON file: Script fields + 'elevenlabs'")
-    parser.add_argument("--speed", type=float, help="faster-than-real-time factor (0: burst)")
-    parser.add_argument("--think-ms", type=int, help="delay before a reply's first audio")
     parser.add_argument("--private", action="store_true", help="require a signed-URL token")
     parser.add_argument("--agent-id", help="the only agent that exists (default: any)")
     parser.add_argument("--output-format", help="agent_output_audio_format, e.g. pcm_16000")
     parser.add_argument("--input-format", help="user_input_audio_format, e.g. pcm_16000")
-    parser.add_argument("--events-log", type=Path, help="append a JSON line per event (no audio)")
     return parser.parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[Script, AgentSettings]:
     script, agent = load_script(args.script) if args.script else (Script(), AgentSettings())
-    overrides: dict[str, Any] = {}
-    if args.key is not None:
-        overrides["api_key"] = args.key
-    if args.any_key:
-        overrides["api_key"] = None
-    if args.speed is not None:
-        overrides["speed"] = args.speed
-    if args.think_ms is not None:
-        overrides["think_ms"] = args.think_ms
     agent_overrides: dict[str, Any] = {}
     if args.private:
         agent_overrides["private"] = True
@@ -281,7 +267,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Script, AgentSettings]
     if args.input_format is not None:
         agent_overrides["input_format"] = args.input_format
     return (
-        dataclasses.replace(script, **overrides),
+        dataclasses.replace(script, **script_overrides(args)),
         dataclasses.replace(agent, **agent_overrides),
     )
 
@@ -289,13 +275,10 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Script, AgentSettings]
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     script, agent = settings_from_args(args)
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(args.events_log.open("a")) if args.events_log else None
-
-        async def make() -> WsMockServer:
-            return ElevenLabsMock(script, agent, host=args.host, port=args.port, event_log=log)
-
-        return run_process(make)
+    return run_mock(
+        args,
+        lambda log: ElevenLabsMock(script, agent, host=args.host, port=args.port, event_log=log),
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -61,7 +60,9 @@ from testbed.mocks._ws_common import (
     WsMockServer,
     dominant_hz,
     json_response,
-    run_process,
+    mock_arg_parser,
+    run_mock,
+    script_overrides,
     tone,
 )
 
@@ -201,37 +202,16 @@ async def running_gemini_mock(
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testbed.mocks.mock_gemini",
-        description="Offline mock of the Gemini Live API (BidiGenerateContent).",
+    parser = mock_arg_parser(
+        "mock_gemini", "Offline mock of the Gemini Live API (BidiGenerateContent).", key="API key"
     )
-    parser.add_argument("--host", default=LOOPBACK)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--key", help="accepted API key (default: the script's, test-key)")
-    parser.add_argument("--any-key", action="store_true", help="accept any API key")
-    parser.add_argument("--mode", choices=["scripted", "echo"], help="override the script's mode")
-    parser.add_argument("--script", type=Path, help="JSON file with Script + Gemini fields")
-    parser.add_argument("--speed", type=float, help="faster-than-real-time factor (0: burst)")
-    parser.add_argument("--think-ms", type=int, help="delay before the first audio chunk")
     parser.add_argument("--text-frames", action="store_true", help="send text, not binary")
-    parser.add_argument("--events-log", type=Path, help="append a JSON line per message")
     return parser.parse_args(argv)
 
 
 def script_from_args(args: argparse.Namespace) -> GeminiScript:
     script = GeminiScript.load(args.script) if args.script else GeminiScript()
-    overrides: dict[str, Any] = {}
-    if args.key is not None:
-        overrides["api_key"] = args.key
-    if args.any_key:
-        overrides["api_key"] = None
-    if args.mode is not None:
-        overrides["mode"] = args.mode
-    if args.speed is not None:
-        overrides["speed"] = args.speed
-    if args.think_ms is not None:
-        overrides["think_ms"] = args.think_ms
-    script = script.with_base(**overrides)
+    script = script.with_base(**script_overrides(args))
     if args.text_frames:
         script = dataclasses.replace(script, binary_frames=False)
     return script
@@ -240,13 +220,9 @@ def script_from_args(args: argparse.Namespace) -> GeminiScript:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     script = script_from_args(args)
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(args.events_log.open("a")) if args.events_log else None
-
-        async def make() -> WsMockServer:
-            return GeminiMock(script, host=args.host, port=args.port, event_log=log)
-
-        return run_process(make)
+    return run_mock(
+        args, lambda log: GeminiMock(script, host=args.host, port=args.port, event_log=log)
+    )
 
 
 if __name__ == "__main__":
