@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Final, Protocol, TypeVar
+from typing import IO, Any, Final, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -367,6 +367,40 @@ class WsMockServer:
 
 
 _SelfT = TypeVar("_SelfT", bound=WsMockServer)
+_R = TypeVar("_R")
+
+
+class RecordingMock(WsMockServer, Generic[_R]):
+    """A WsMockServer that keeps one record per accepted connection (``connections``) and an
+    optional JSON-lines event log; tests wait on it instead of sleeping."""
+
+    def __init__(
+        self,
+        *,
+        host: str = LOOPBACK,
+        port: int = 0,
+        faults: Faults | None = None,
+        event_log: IO[str] | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port, faults=faults)
+        self.connections: list[_R] = []
+        self._event_log = EventLog(event_log)
+
+    @property
+    def last(self) -> _R:
+        """The most recent connection (raises if nobody connected yet)."""
+        if not self.connections:
+            raise LookupError(f"no connection to the {type(self).__name__} yet")
+        return self.connections[-1]
+
+    async def wait_for(self, predicate: Callable[[], _T], timeout_s: float = 5.0) -> _T:
+        """Wait until ``predicate()`` is truthy (re-checked on every recorded change)."""
+        return await self.changed.wait_for(predicate, timeout_s)
+
+    async def wait_connection(self, count: int = 1, timeout_s: float = 5.0) -> _R:
+        """Wait for the ``count``-th connection and return its record."""
+        await self.wait_for(lambda: len(self.connections) >= count, timeout_s)
+        return self.connections[count - 1]
 
 
 async def _fire_after(delay_s: float, action: Callable[[], None]) -> None:

@@ -45,7 +45,7 @@ import dataclasses
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import IO, Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -66,10 +66,9 @@ from testbed.mocks._deepgram_script import (
 from testbed.mocks._openai_script import FunctionCallSpec, Reply
 from testbed.mocks._ws_common import (
     LOOPBACK,
-    EventLog,
     EventRecord,
     Faults,
-    WsMockServer,
+    RecordingMock,
     dominant_hz,
     json_response,
     mock_arg_parser,
@@ -116,7 +115,7 @@ def presented_key(headers: Headers) -> str | None:
     return None
 
 
-class DeepgramMock(WsMockServer):
+class DeepgramMock(RecordingMock[ConnectionRecord]):
     """The mock server; ``connections`` holds one ``ConnectionRecord`` per accepted socket."""
 
     def __init__(
@@ -128,28 +127,12 @@ class DeepgramMock(WsMockServer):
         event_log: IO[str] | None = None,
     ) -> None:
         self.script = script or DeepgramScript()
-        super().__init__(host=host, port=port, faults=self.script.faults)
-        self.connections: list[ConnectionRecord] = []
-        self._event_log = EventLog(event_log)
+        super().__init__(host=host, port=port, faults=self.script.faults, event_log=event_log)
 
     @property
     def agent_url(self) -> str:
         """What a client configures as its Deepgram agent URL."""
         return f"{self.url}{AGENT_PATH}"
-
-    @property
-    def last(self) -> ConnectionRecord:
-        if not self.connections:
-            raise LookupError("no connection to the Deepgram mock yet")
-        return self.connections[-1]
-
-    async def wait_for(self, predicate: Callable[[], _T], timeout_s: float = 5.0) -> _T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded change)."""
-        return await self.changed.wait_for(predicate, timeout_s)
-
-    async def wait_connection(self, count: int = 1, timeout_s: float = 5.0) -> ConnectionRecord:
-        await self.wait_for(lambda: len(self.connections) >= count, timeout_s)
-        return self.connections[count - 1]
 
     def _key_ok(self, headers: Headers) -> bool:
         key = presented_key(headers)

@@ -34,7 +34,7 @@ import dataclasses
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -58,9 +58,8 @@ from testbed.mocks._elevenlabs_script import (
 from testbed.mocks._openai_script import FunctionCallSpec, Reply, Script
 from testbed.mocks._ws_common import (
     LOOPBACK,
-    EventLog,
     Faults,
-    WsMockServer,
+    RecordingMock,
     dominant_hz,
     json_response,
     mock_arg_parser,
@@ -106,7 +105,7 @@ class SignedUrlRequest:
     at: float
 
 
-class ElevenLabsMock(WsMockServer):
+class ElevenLabsMock(RecordingMock[ConnectionRecord]):
     """The mock server; ``connections`` holds one ``ConnectionRecord`` per accepted socket."""
 
     def __init__(
@@ -120,31 +119,15 @@ class ElevenLabsMock(WsMockServer):
     ) -> None:
         self.script = script or Script()
         self.agent = agent or AgentSettings()
-        super().__init__(host=host, port=port, faults=self.script.faults)
-        self.connections: list[ConnectionRecord] = []
+        super().__init__(host=host, port=port, faults=self.script.faults, event_log=event_log)
         self.signed_url_requests: list[SignedUrlRequest] = []
         self._tokens: dict[str, tuple[str, float]] = {}
         """token -> (agent_id, monotonic expiry)."""
-        self._event_log = EventLog(event_log)
 
     @property
     def base_url(self) -> str:
         """What a client configures as its base URL: ``ws://127.0.0.1:PORT/v1/convai/...``."""
         return f"{self.url}{CONVERSATION_PATH}"
-
-    @property
-    def last(self) -> ConnectionRecord:
-        if not self.connections:
-            raise LookupError("no connection to the ElevenLabs mock yet")
-        return self.connections[-1]
-
-    async def wait_for(self, predicate: Callable[[], _T], timeout_s: float = 5.0) -> _T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded change)."""
-        return await self.changed.wait_for(predicate, timeout_s)
-
-    async def wait_connection(self, count: int = 1, timeout_s: float = 5.0) -> ConnectionRecord:
-        await self.wait_for(lambda: len(self.connections) >= count, timeout_s)
-        return self.connections[count - 1]
 
     def issue_token(self, agent_id: str, ttl_s: float | None = None) -> str:
         token = secrets.token_urlsafe(24)

@@ -37,7 +37,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import IO, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -55,9 +55,8 @@ from testbed.mocks._gemini_wire import CloseRequest
 from testbed.mocks._openai_script import FunctionCallSpec, Reply, Script
 from testbed.mocks._ws_common import (
     LOOPBACK,
-    EventLog,
     Faults,
-    WsMockServer,
+    RecordingMock,
     dominant_hz,
     json_response,
     mock_arg_parser,
@@ -89,7 +88,7 @@ LIVE_PATH: Final = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Bi
 ALPHA_PATH: Final = LIVE_PATH.replace("v1beta", "v1alpha")
 
 
-class GeminiMock(WsMockServer):
+class GeminiMock(RecordingMock[GeminiConnectionRecord]):
     """The mock server; ``connections`` holds one record per accepted socket."""
 
     def __init__(
@@ -101,35 +100,16 @@ class GeminiMock(WsMockServer):
         event_log: IO[str] | None = None,
     ) -> None:
         self.script = script or GeminiScript()
-        super().__init__(host=host, port=port, faults=self.script.base.faults)
-        self.connections: list[GeminiConnectionRecord] = []
+        super().__init__(host=host, port=port, faults=self.script.base.faults, event_log=event_log)
         self.live: list[GeminiConnection] = []
         """Connections still open (newest last)."""
         self.conversations: dict[str, Conversation] = {}
         """Resumption handle -> the conversation it continues."""
-        self._event_log = EventLog(event_log)
 
     @property
     def live_url(self) -> str:
         """What a client configures as ``gemini.base_url`` (no key in it)."""
         return f"{self.url}{LIVE_PATH}"
-
-    @property
-    def last(self) -> GeminiConnectionRecord:
-        if not self.connections:
-            raise LookupError("no connection to the Gemini mock yet")
-        return self.connections[-1]
-
-    async def wait_for(self, predicate: Callable[[], _T], timeout_s: float = 5.0) -> _T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded change)."""
-        return await self.changed.wait_for(predicate, timeout_s)
-
-    async def wait_connection(
-        self, count: int = 1, timeout_s: float = 5.0
-    ) -> GeminiConnectionRecord:
-        """Wait for the ``count``-th connection and return its record."""
-        await self.wait_for(lambda: len(self.connections) >= count, timeout_s)
-        return self.connections[count - 1]
 
     def drop_connection(self, code: int = 1011, reason: str = "Internal error occurred.") -> None:
         """Close the newest open connection with ``code`` (a link failing mid-call)."""

@@ -40,7 +40,7 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import IO, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -65,10 +65,9 @@ from testbed.mocks._openai_script import (
 from testbed.mocks._openai_session import SessionConfig, WireError
 from testbed.mocks._ws_common import (
     LOOPBACK,
-    EventLog,
     EventRecord,
     Faults,
-    WsMockServer,
+    RecordingMock,
     dominant_hz,
     json_response,
     mock_arg_parser,
@@ -105,7 +104,7 @@ REALTIME_PATH: Final = "/v1/realtime"
 DEFAULT_MODEL: Final = "gpt-realtime"
 
 
-class OpenAIMock(WsMockServer):
+class OpenAIMock(RecordingMock[ConnectionRecord]):
     """The mock server; ``connections`` holds one ``ConnectionRecord`` per accepted socket."""
 
     def __init__(
@@ -117,9 +116,7 @@ class OpenAIMock(WsMockServer):
         event_log: IO[str] | None = None,
     ) -> None:
         self.script = script or Script()
-        super().__init__(host=host, port=port, faults=self.script.faults)
-        self.connections: list[ConnectionRecord] = []
-        self._event_log = EventLog(event_log)
+        super().__init__(host=host, port=port, faults=self.script.faults, event_log=event_log)
 
     @property
     def base_url(self) -> str:
@@ -128,22 +125,6 @@ class OpenAIMock(WsMockServer):
 
     def realtime_url(self, model: str = DEFAULT_MODEL) -> str:
         return f"{self.url}{REALTIME_PATH}?model={model}"
-
-    @property
-    def last(self) -> ConnectionRecord:
-        """The most recent connection (raises if nobody connected yet)."""
-        if not self.connections:
-            raise LookupError("no connection to the OpenAI mock yet")
-        return self.connections[-1]
-
-    async def wait_for(self, predicate: Callable[[], _T], timeout_s: float = 5.0) -> _T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded change)."""
-        return await self.changed.wait_for(predicate, timeout_s)
-
-    async def wait_connection(self, count: int = 1, timeout_s: float = 5.0) -> ConnectionRecord:
-        """Wait for the ``count``-th connection and return its record."""
-        await self.wait_for(lambda: len(self.connections) >= count, timeout_s)
-        return self.connections[count - 1]
 
     def check_request(self, request: Request) -> Response | None:
         path = urlsplit(request.path).path
