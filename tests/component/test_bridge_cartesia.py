@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from sip4ai.bridge import AIConversation
@@ -20,22 +19,13 @@ from sip4ai.config import CartesiaConfig, Config, DeepgramConfig, OpenAIConfig, 
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.cartesia import CartesiaPipelineSession
 from sip4ai.providers.cartesia_dialog import INTERRUPTED_MARK
-from testbed.mocks._ws_common import dominant_hz, tone
 from testbed.mocks.mock_cartesia import CartesiaMock, Reply, Script, running_cartesia_mock
+from tests.component.bridgekit import TIMEOUT_S, frames_hz, running, speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
 pytestmark = pytest.mark.component
-
-TIMEOUT_S = 10.0
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -> None:
-    """Re-check ``predicate`` every frame time (media state changes without any event)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 def session_factory(mock: CartesiaMock, key: str = "test-key") -> Callable[[], ProviderSession]:
@@ -55,28 +45,13 @@ def session_factory(mock: CartesiaMock, key: str = "test-key") -> Callable[[], P
     return make
 
 
-def frames_hz(frames: list[bytes]) -> float:
-    return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), 8000)
-
-
-def speech_pcm(ms: int, freq_hz: float = 300.0) -> bytes:
-    return tone(freq_hz, ms, 8000, amplitude=0.5).astype("<i2").tobytes()
-
-
 @contextlib.asynccontextmanager
 async def conversation(
     mock: CartesiaMock, handle: FakeHandle, media: PacedMedia, key: str = "test-key"
 ) -> AsyncIterator[tuple[AIConversation, asyncio.Task[str | None]]]:
     conv = AIConversation(handle, session_factory(mock, key))
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media) as task:
         yield conv, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 async def test_greeting_plays_and_both_transcripts_are_stored() -> None:

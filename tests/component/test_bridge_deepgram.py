@@ -8,39 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import numpy as np
 import pytest
 
 from sip4ai.bridge import AIConversation
 from sip4ai.config import DeepgramConfig, Secret
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.deepgram_agent import DeepgramAgentSession
-from testbed.mocks._ws_common import dominant_hz, tone
 from testbed.mocks.mock_deepgram import DeepgramMock, DeepgramScript, Reply, running_deepgram_mock
+from tests.component.bridgekit import TIMEOUT_S, frames_hz, running, speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
 pytestmark = pytest.mark.component
-
-TIMEOUT_S = 10.0
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -> None:
-    """Re-check ``predicate`` every frame time (media state changes without any event)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
-            await asyncio.sleep(0.02)
-
-
-def frames_hz(frames: list[bytes]) -> float:
-    return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), 8000)
-
-
-def speech_pcm(ms: int, freq_hz: float = 300.0) -> bytes:
-    return tone(freq_hz, ms, 8000, amplitude=0.5).astype("<i2").tobytes()
 
 
 @contextlib.asynccontextmanager
@@ -54,15 +36,8 @@ async def conversation(
         return DeepgramAgentSession(config, settings)
 
     conv = AIConversation(handle, make)
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media) as task:
         yield conv, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 async def test_greeting_plays_and_transcripts_are_stored() -> None:

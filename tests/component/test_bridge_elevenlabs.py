@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -26,30 +26,13 @@ from testbed.mocks.mock_elevenlabs import (
     Script,
     dominant_hz,
     running_elevenlabs_mock,
-    tone,
 )
+from tests.component.bridgekit import TIMEOUT_S, frames_hz, running, speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
 pytestmark = pytest.mark.component
-
-TIMEOUT_S = 10.0
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -> None:
-    """Re-check ``predicate`` every frame time (media state changes without any event)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
-            await asyncio.sleep(0.02)
-
-
-def frames_hz(frames: list[bytes]) -> float:
-    return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), 8000)
-
-
-def speech_pcm(ms: int, freq_hz: float = 300.0) -> bytes:
-    return tone(freq_hz, ms, 8000, amplitude=0.5).astype("<i2").tobytes()
 
 
 @contextlib.asynccontextmanager
@@ -69,15 +52,8 @@ async def conversation(
         return sessions[-1]
 
     conv = AIConversation(handle, make)
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media):
         yield conv, sessions
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 @pytest.mark.parametrize("agent_format", ["ulaw_8000", "pcm_16000"])

@@ -24,7 +24,7 @@ from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
 from sip4ai.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from testbed.mocks._openai_script import FunctionCallSpec
 from testbed.mocks.mock_openai import Reply, Script, running_openai_mock
-from tests.component.test_bridge_openai import speech_pcm, until
+from tests.component.bridgekit import speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -17,30 +17,14 @@ from sip4ai.bridge import AIConversation
 from sip4ai.config import GeminiConfig, Secret
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.gemini import GeminiLiveSession
-from testbed.mocks._ws_common import dominant_hz, tone
+from testbed.mocks._ws_common import dominant_hz
 from testbed.mocks.mock_gemini import GeminiMock, GeminiScript, Reply, Script, running_gemini_mock
+from tests.component.bridgekit import TIMEOUT_S, frames_hz, running, speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
 pytestmark = pytest.mark.component
-
-TIMEOUT_S = 10.0
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -> None:
-    """Re-check ``predicate`` every frame time (media state changes without any event)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
-            await asyncio.sleep(0.02)
-
-
-def frames_hz(frames: list[bytes], rate_hz: int = 8000) -> float:
-    return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), rate_hz)
-
-
-def speech_pcm(ms: int, rate_hz: int = 8000, freq_hz: float = 300.0) -> bytes:
-    return tone(freq_hz, ms, rate_hz, amplitude=0.5).astype("<i2").tobytes()
 
 
 @contextlib.asynccontextmanager
@@ -53,15 +37,8 @@ async def conversation(
         return GeminiLiveSession(config, SessionSettings("Be brief.", greeting="Greet the caller"))
 
     conv = AIConversation(handle, make)
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media) as task:
         yield conv, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 @pytest.mark.parametrize("call_rate_hz", [8000, 16000])
@@ -82,7 +59,7 @@ async def test_greeting_pitch_and_both_transcripts(call_rate_hz: int) -> None:
             greeting = [frame for _, frame in media.sent[2:25]]
             assert abs(frames_hz(greeting, call_rate_hz) - 400) < 20
             await until(lambda: "Hello caller" in handle.said("ai"))
-            media.feed(speech_pcm(800, call_rate_hz) + bytes(2 * call_rate_hz))
+            media.feed(speech_pcm(800, rate_hz=call_rate_hz) + bytes(2 * call_rate_hz))
             await until(lambda: "What time is it?" in handle.said("user"))
             await until(lambda: "It is noon" in handle.said("ai"))
             assert conn.input_rate_hz == 16000

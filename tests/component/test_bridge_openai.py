@@ -18,22 +18,13 @@ from sip4ai.config import OpenAIConfig, Secret
 from sip4ai.metrics import AudioMetrics, Metrics
 from sip4ai.providers.base import ProviderSession, SessionSettings
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
-from testbed.mocks._ws_common import dominant_hz, tone
 from testbed.mocks.mock_openai import OpenAIMock, Reply, Script, running_openai_mock
+from tests.component.bridgekit import TIMEOUT_S, frames_hz, running, speech_pcm, until
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
 
 pytestmark = pytest.mark.component
-
-TIMEOUT_S = 10.0
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = TIMEOUT_S) -> None:
-    """Re-check ``predicate`` every frame time (media state changes without any event)."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the fake media clock has no event to wait on
-            await asyncio.sleep(0.02)
 
 
 def session_factory(
@@ -54,14 +45,6 @@ def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) ->
     return value or 0.0
 
 
-def frames_hz(frames: list[bytes]) -> float:
-    return dominant_hz(np.frombuffer(b"".join(frames), dtype=np.int16), 8000)
-
-
-def speech_pcm(ms: int, freq_hz: float = 300.0) -> bytes:
-    return tone(freq_hz, ms, 8000, amplitude=0.5).astype("<i2").tobytes()
-
-
 @contextlib.asynccontextmanager
 async def conversation(
     mock: OpenAIMock,
@@ -71,15 +54,8 @@ async def conversation(
     **kwargs: str | None,
 ) -> AsyncIterator[tuple[AIConversation, asyncio.Task[str | None]]]:
     conv = AIConversation(handle, session_factory(mock, **kwargs), metrics=metrics)  # type: ignore[arg-type]
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media) as task:
         yield conv, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 async def test_greeting_plays_and_transcripts_are_stored() -> None:

@@ -25,7 +25,8 @@ from sip4ai.providers.base import ProviderSession
 from sip4ai.providers.openai_realtime import OpenAIRealtimeSession
 from testbed.mocks._ws_common import Faults, dominant_hz, tone
 from testbed.mocks.mock_openai import OpenAIMock, Reply, Script, running_openai_mock
-from tests.component.test_bridge_openai import TIMEOUT_S, session_factory, speech_pcm, until
+from tests.component.bridgekit import TIMEOUT_S, running, speech_pcm, until
+from tests.component.test_bridge_openai import session_factory
 from tests.fakes.handle import FakeHandle
 from tests.fakes.sip import PacedMedia
 
@@ -81,15 +82,8 @@ async def call(
         metrics=metrics,
         resume=(lambda name: ProviderOption(name, takeover(main, handle))) if resume else None,
     )
-    await asyncio.wait_for(conv.prepare(), TIMEOUT_S)
-    task = asyncio.create_task(conv.run(media))
-    try:
+    async with running(conv, media) as task:
         yield handle, media, conv, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await conv.aclose()
 
 
 def backup_script(**kwargs: object) -> Script:
